@@ -1,0 +1,39 @@
+# `make demo` and `make test` work on a fresh machine: they create .venv and install what they need.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+
+.PHONY: demo test lint install install-dev reliability benchmarks clean docs
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PIP) install --quiet -e '.[all]'
+	touch $@
+
+$(DEV_STAMP): $(PY) pyproject.toml
+	$(PIP) install --quiet -e '.[dev]'
+	touch $(STAMP) $@
+
+install: $(STAMP)
+install-dev: $(DEV_STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ember demo
+
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check ember tests benchmarks examples
+	$(VENV)/bin/ruff format --check ember tests benchmarks examples
+
+test: lint
+	$(PY) -m pytest -q -n 2 --timeout 600
+
+reliability: $(DEV_STAMP)
+	$(PY) -m pytest -q tests/reliability --reliability-scale 10
+
+clean:
+	rm -rf $(VENV) runs build dist *.egg-info

@@ -1,0 +1,53 @@
+"""ember: build, train, watch, scale, export and serve PyTorch models in one package."""
+
+from ember import layers
+from ember.data import load_digits
+from ember.model import Model, Sequential
+from ember.train import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    History,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+    TensorBoardLogger,
+    Trainer,
+)
+from ember.train.steps import compile
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Callback",
+    "CSVLogger",
+    "EarlyStopping",
+    "History",
+    "LearningRateMonitor",
+    "Model",
+    "ModelCheckpoint",
+    "ProgressBar",
+    "Sequential",
+    "TensorBoardLogger",
+    "Trainer",
+    "__version__",
+    "compile",
+    "export",
+    "layers",
+    "load",
+    "load_digits",
+    "save",
+]
+
+
+def __getattr__(name: str):
+    # save / load / export live in modules that other parts import lazily; resolve on first use.
+    if name in ("save", "load"):
+        from ember import package
+
+        return getattr(package, name)
+    if name == "export":
+        from ember.export import export
+
+        return export
+    raise AttributeError(f"module 'ember' has no attribute {name!r}")

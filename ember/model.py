@@ -1,0 +1,229 @@
+"""Model and Sequential: Keras-style compile / fit / evaluate / predict / summary / save on nn.Module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ember import data as _data
+from ember.layers import auto_names, check_call, materialize
+from ember.train import steps
+
+__all__ = ["Model", "Sequential"]
+
+
+class Model(nn.Module):
+    """A `torch.nn.Module` with Keras's training API. Subclass it and write `forward`.
+
+    Override `train_step`, `validation_step` or `predict_step` (each returns a logs dict with a
+    "loss" tensor, or the prediction) and `configure_optimizers` for full control.
+
+    Example:
+        >>> class Net(ember.Model):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.body = ember.layers.Dense(10)
+        ...     def forward(self, x):
+        ...         return self.body(x)
+        >>> net = Net(); net.compile("adam", "cross_entropy", ["accuracy"])
+        >>> history = net.fit(x, y, epochs=3, validation_split=0.2)
+    """
+
+    def compile(
+        self,
+        optimizer: Any = "adam",
+        loss: Any = None,
+        metrics: list | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Set the optimizer, loss and metrics; see `ember.compile` for every argument."""
+        steps.compile(self, optimizer, loss, metrics, **kwargs)
+
+    def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """One training batch -> logs with a "loss" tensor (the Trainer runs backward)."""
+        return steps.default_train_step(self, batch)
+
+    def validation_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """One validation batch -> logs ("loss"); compiled metrics are updated."""
+        return steps.default_validation_step(self, batch)
+
+    def predict_step(self, batch: Any) -> torch.Tensor:
+        """One batch -> the model's output."""
+        return steps.default_predict_step(self, batch)
+
+    def fit(
+        self,
+        x: Any = None,
+        y: Any = None,
+        *,
+        batch_size: int = 32,
+        epochs: int = 1,
+        validation_split: float | None = None,
+        validation_data: Any = None,
+        callbacks: list | None = None,
+        shuffle: bool = True,
+        verbose: bool = True,
+        **trainer_kwargs: Any,
+    ):
+        """Train on arrays, tensors, a Dataset or a DataLoader; returns a History.
+
+        Args:
+            x, y: inputs and targets (numpy arrays or tensors), or `x` a Dataset / DataLoader.
+            batch_size: samples per batch (ignored for a DataLoader).
+            epochs: number of epochs.
+            validation_split: fraction of the training data held out for validation (the last
+                samples, as in Keras).
+            validation_data: (x_val, y_val), a Dataset or a DataLoader.
+            callbacks: ember Callbacks (EarlyStopping, ModelCheckpoint, ...).
+            shuffle: reshuffle the training data every epoch.
+            verbose: show the progress bar.
+            **trainer_kwargs: any `ember.Trainer` argument (precision, seed, logger, ...).
+        """
+        train, val = _fit_data(x, y, validation_split, validation_data)
+        train_loader = _data.make_loader(train, batch_size=batch_size, shuffle=shuffle)
+        val_loader = _data.make_loader(val, batch_size=batch_size) if val is not None else None
+        from ember.train.trainer import Trainer
+
+        trainer_kwargs.setdefault("enable_progress_bar", verbose)
+        self.trainer = Trainer(max_epochs=epochs, callbacks=callbacks, **trainer_kwargs)
+        return self.trainer.fit(self, train_loader, val_loader)
+
+    def evaluate(self, x: Any, y: Any = None, *, batch_size: int = 32) -> dict[str, float]:
+        """Loss and compiled metrics on the given data, e.g. {"loss": 0.1, "accuracy": 0.97}."""
+        loader = _data.make_loader(x, y, batch_size=batch_size)
+        return _quiet_trainer(self).validate(self, loader)
+
+    def predict(self, x: Any, *, batch_size: int = 32) -> np.ndarray:
+        """The model's outputs for `x`, as a numpy array."""
+        loader = _data.make_loader(x, batch_size=batch_size)
+        return _quiet_trainer(self).predict(self, loader).numpy()
+
+    def summary(self, input_shape: Iterable[int] | None = None, print_fn: Any = print) -> str:
+        """Print (and return) a table of layers, output shapes and parameter counts."""
+        from ember.summary import summary
+
+        text = summary(self, input_shape=tuple(input_shape) if input_shape else self._input_shape())
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def _input_shape(self) -> tuple[int, ...] | None:
+        return None
+
+    def save(self, path: str | Path, example_input: Any = None, **kwargs: Any) -> Path:
+        """Write a model package (see `ember.save`)."""
+        from ember import package
+
+        if example_input is None and self._input_shape() is not None:
+            example_input = torch.zeros((1, *self._input_shape()))
+        return package.save(self, path, example_input=example_input, **kwargs)
+
+
+class Sequential(Model):
+    """A linear stack of layers, built lazily from the first input (or an `Input` layer).
+
+    Example:
+        >>> model = ember.Sequential([
+        ...     layers.Input((1, 8, 8)), layers.Conv2D(16, 3, activation="relu"),
+        ...     layers.Flatten(), layers.Dense(10)])
+        >>> model.summary()
+    """
+
+    def __init__(self, layers: Iterable[nn.Module] = (), name: str | None = None) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList()
+        self._names: list[str] = []
+        self.name = name
+        for layer in layers:
+            self.add(layer)
+
+    def add(self, layer: nn.Module) -> None:
+        """Append a layer (any nn.Module)."""
+        if not isinstance(layer, nn.Module):
+            raise TypeError(
+                f"Sequential layers must be torch.nn.Module instances. Received: {layer!r}"
+            )
+        self.layers.append(layer)
+        self._names = auto_names(self.layers)
+        if self._input_shape() is not None and len(self.layers) > 1:
+            self._build()
+
+    def _input_shape(self) -> tuple[int, ...] | None:
+        from ember.layers import Input
+
+        if len(self.layers) and isinstance(self.layers[0], Input):
+            return tuple(self.layers[0].shape)
+        return None
+
+    def _build(self) -> None:
+        """Create every lazy weight from the Input layer's shape (without touching the RNG)."""
+        with torch.random.fork_rng(devices=[]):
+            materialize(self, self.layers[0].example(batch_size=2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Errors name the layer and the shapes (check_call raises a ValueError saying which).
+        for name, layer in zip(self._names, self.layers):
+            x = check_call(name, layer, x)
+        return x
+
+    def get_config(self) -> dict:
+        """A JSON description to rebuild this model with `from_config` (ember layers only)."""
+        layers = []
+        for layer in self.layers:
+            if not hasattr(layer, "get_config"):
+                raise TypeError(
+                    f"{type(layer).__name__} has no get_config(): only ember.layers can be "
+                    "described; save with a torch.export program instead."
+                )
+            layers.append({"class": type(layer).__name__, "config": layer.get_config()})
+        return {"kind": "sequential", "layers": layers}
+
+    @classmethod
+    def from_config(cls, config: dict) -> Sequential:
+        """Rebuild a Sequential from `get_config()` output."""
+        from ember import layers as _layers
+
+        built = []
+        for spec in config["layers"]:
+            layer_cls = getattr(_layers, spec["class"], None)
+            if layer_cls is None:
+                raise ValueError(f"Unknown layer class {spec['class']!r} in the model config.")
+            built.append(layer_cls(**spec["config"]))
+        return cls(built)
+
+
+def _fit_data(x: Any, y: Any, validation_split: float | None, validation_data: Any):
+    if x is None:
+        raise ValueError("fit() needs training data: fit(x, y) or fit(dataset).")
+    if validation_split is not None and validation_data is not None:
+        raise ValueError("Pass either `validation_split` or `validation_data`, not both.")
+    if validation_split is not None:
+        if isinstance(x, torch.utils.data.DataLoader):
+            raise ValueError(
+                "`validation_split` needs arrays, tensors or a Dataset; for a DataLoader pass "
+                "`validation_data`."
+            )
+        return _data.split_dataset(_data.as_dataset(x, y), validation_split)
+    train = x if y is None else _data.as_dataset(x, y)
+    if validation_data is None:
+        return train, None
+    if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+        return train, _data.as_dataset(*validation_data)
+    return train, validation_data
+
+
+def _quiet_trainer(model: Model):
+    from ember.train.trainer import Trainer
+
+    accelerator = getattr(getattr(model, "trainer", None), "device", None)
+    return Trainer(
+        accelerator=accelerator.type if accelerator is not None else "auto",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+    )

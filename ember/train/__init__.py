@@ -1,0 +1,22 @@
+"""Training: the Trainer, callbacks, loggers, checkpoints."""
+
+from ember.train.callbacks import Callback, CallbackError, EarlyStopping, LearningRateMonitor
+from ember.train.history import History
+from ember.train.loggers import CSVLogger, Logger, TensorBoardLogger
+from ember.train.model_checkpoint import ModelCheckpoint
+from ember.train.progress import ProgressBar
+from ember.train.trainer import Trainer
+
+__all__ = [
+    "Callback",
+    "CallbackError",
+    "CSVLogger",
+    "EarlyStopping",
+    "History",
+    "LearningRateMonitor",
+    "Logger",
+    "ModelCheckpoint",
+    "ProgressBar",
+    "TensorBoardLogger",
+    "Trainer",
+]

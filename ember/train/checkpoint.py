@@ -1,0 +1,527 @@
+"""Atomic training checkpoints stored as a directory.
+
+A checkpoint is a directory holding three files::
+
+    step-000100/
+      weights.safetensors   model_state (safetensors: no pickle)
+      trainer_state.pt      optimizer / scheduler / scaler / RNG / callback state (torch.save,
+                            read back with torch.load(weights_only=True) only)
+      meta.json             the caller's JSON metadata plus an "ember_checkpoint" header
+                            {"format", "format_version", "sha256" of the two files above};
+                            written last
+
+:func:`save_checkpoint` writes into a ``.tmp-*`` sibling directory, fsyncs every file, renames it
+into place and fsyncs the parent, so a crash at any point leaves a complete checkpoint: the new
+one, or the old one (kept at ``path`` or, between the two renames of a replacement, at a
+``.old-<name>-*`` sibling that :func:`find_last` also considers). A directory without a valid
+``meta.json`` is incomplete. All failures raise :class:`CheckpointError`, a subclass of
+:class:`OSError`, whose message names the path and the problem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "find_last",
+    "list_checkpoints",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "ember.checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.safetensors"
+STATE_FILE = "trainer_state.pt"
+META_FILE = "meta.json"
+_DATA_FILES = (WEIGHTS_FILE, STATE_FILE)
+_ALL_FILES = (META_FILE, *_DATA_FILES)
+_HEADER = "ember_checkpoint"  # the one meta.json key this module owns
+_TMP_PREFIX = ".tmp-"
+_OLD_PREFIX = ".old-"
+_CHUNK = 1 << 20
+# Types torch.load(weights_only=True) reads back without extra allow-listing.
+_LEAF_TYPES = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
+_CONTAINER_TYPES = (dict, OrderedDict, list, tuple, set, torch.Size)
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be written or read; the message names the path and the problem.
+
+    It subclasses :class:`OSError`: like other file errors it is about something on disk.
+
+    Args:
+        path: the checkpoint directory concerned.
+        problem: what is wrong, e.g. ``"corrupt: weights.safetensors checksum mismatch"``.
+
+    Example:
+        >>> try:
+        ...     load_checkpoint("missing-dir")
+        ... except CheckpointError as e:
+        ...     print(e.path)
+        missing-dir
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+        super().__init__(f"Checkpoint {os.fspath(path)}: {problem}")
+        self.path = Path(path)
+        self.problem = problem
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read back by :func:`load_checkpoint`.
+
+    Args:
+        model_state: tensor name -> tensor, ready for ``model.load_state_dict``.
+        trainer_state: the ``trainer_state`` dict given to :func:`save_checkpoint`.
+        meta: the ``meta`` dict given to :func:`save_checkpoint` (without the keys ember adds).
+        path: the checkpoint directory.
+
+    Example:
+        >>> ckpt = load_checkpoint("runs/ckpt/last")
+        >>> model.load_state_dict(ckpt.model_state)
+    """
+
+    model_state: dict[str, torch.Tensor]
+    trainer_state: dict[str, Any]
+    meta: dict[str, Any]
+    path: Path
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model_state: dict[str, torch.Tensor],
+    trainer_state: dict[str, Any],
+    meta: dict[str, Any],
+) -> Path:
+    """Write a checkpoint directory atomically, replacing any checkpoint already at ``path``.
+
+    Args:
+        path: the checkpoint directory to create. Missing parents are created. An existing
+            directory is replaced only if it is an ember checkpoint (or a half-written one).
+        model_state: tensor name -> tensor (``model.state_dict()``); shared or non-contiguous
+            tensors are copied, CUDA tensors moved to the CPU.
+        trainer_state: tensors, numbers, strings, None and (nested) dicts, lists and tuples,
+            e.g. optimizer/scheduler/scaler state dicts and :func:`ember.train.rng.get_rng_state`.
+        meta: JSON-serialisable metadata (loop position such as ``global_step``, hparams).
+            The key ``ember_checkpoint`` is reserved for the format header.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        TypeError, ValueError: an argument cannot be stored (nothing is written).
+        CheckpointError: writing failed; the temp directory is removed and any previous
+            checkpoint at ``path`` is left intact.
+
+    Example:
+        >>> save_checkpoint(
+        ...     "runs/ckpt/step-100",
+        ...     model_state=model.state_dict(),
+        ...     trainer_state={"optimizer": opt.state_dict(), "rng": get_rng_state()},
+        ...     meta={"global_step": 100, "epoch": 1},
+        ... )
+    """
+    path = Path(path)
+    tensors = _prepare_weights(model_state)
+    if not isinstance(trainer_state, dict):
+        raise TypeError(
+            "Received an invalid value for `trainer_state`, expected a dict. "
+            f"Received: {type(trainer_state).__name__}"
+        )
+    _check_storable(trainer_state, "trainer_state")
+    _check_meta(meta)
+    _check_replaceable(path)
+    tmp: Path | None = None
+    done = False
+    try:
+        with _stage(path, f"creating a temporary directory in {path.parent}"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{path.name}-", dir=path.parent))
+        _write_files(path, tmp, tensors, trainer_state, meta)
+        _move_into_place(tmp, path)
+        done = True
+    finally:
+        if not done and tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("Saved checkpoint %s", path)
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+) -> Checkpoint:
+    """Read and verify a checkpoint written by :func:`save_checkpoint`.
+
+    The format marker, version and the sha256 of each file are checked before anything is
+    deserialised; ``trainer_state.pt`` is read with ``torch.load(weights_only=True)`` only.
+
+    Args:
+        path: the checkpoint directory.
+        map_location: device for the loaded tensors (default ``"cpu"``).
+
+    Returns:
+        A :class:`Checkpoint`.
+
+    Raises:
+        CheckpointError: ``path`` is missing, not a directory, not an ember checkpoint,
+            incomplete (half-written), corrupt, unsafe, or written by a newer format version.
+
+    Example:
+        >>> ckpt = load_checkpoint(find_last("runs/ckpt"))
+        >>> ckpt.meta["global_step"]
+        100
+    """
+    path = Path(path)
+    raw = _read_meta(path)
+    weights_file = path / WEIGHTS_FILE
+    _verify_digest(path, WEIGHTS_FILE, raw, _hash_file(weights_file))
+    state_bytes = (path / STATE_FILE).read_bytes()
+    _verify_digest(path, STATE_FILE, raw, hashlib.sha256(state_bytes).hexdigest())
+    from safetensors.torch import load_file
+
+    try:
+        model_state = load_file(weights_file, device=str(map_location))
+    except Exception as e:
+        raise CheckpointError(path, f"corrupt: cannot read {WEIGHTS_FILE}: {e}") from e
+    try:
+        state = torch.load(io.BytesIO(state_bytes), map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            path,
+            f"refused or corrupt {STATE_FILE}: torch.load(weights_only=True) failed, so it holds "
+            f"objects other than tensors and plain Python values, or is damaged: {e}",
+        ) from e
+    meta = {k: v for k, v in raw.items() if k != _HEADER}
+    return Checkpoint(model_state=model_state, trainer_state=state, meta=meta, path=path)
+
+
+def list_checkpoints(dirpath: str | os.PathLike) -> list[Path]:
+    """List the complete checkpoints directly inside ``dirpath``, oldest first.
+
+    Complete means a valid ``meta.json`` of this format and all files present; checksums are
+    not verified here (see :func:`find_last`). ``.tmp-*`` directories are skipped silently,
+    incomplete or unreadable checkpoints with a warning.
+
+    Args:
+        dirpath: a directory holding checkpoint directories. A missing one gives ``[]``.
+
+    Returns:
+        Paths sorted by ``meta["global_step"]`` (missing counts as -1), then by modification time.
+
+    Example:
+        >>> [p.name for p in list_checkpoints("runs/ckpt")]
+        ['step-50', 'step-100']
+    """
+    return [p for p, _ in _scan(Path(dirpath))]
+
+
+def find_last(dirpath: str | os.PathLike) -> Path | None:
+    """Return the newest complete, uncorrupted checkpoint directly inside ``dirpath``.
+
+    Newest means the highest ``meta["global_step"]``, then the latest modification time.
+    Candidates are checksum-verified newest first; corrupt ones are skipped with a warning.
+
+    Args:
+        dirpath: a directory holding checkpoint directories.
+
+    Returns:
+        The checkpoint path, or ``None`` if there is none (or ``dirpath`` does not exist).
+
+    Example:
+        >>> last = find_last("runs/ckpt")
+        >>> ckpt = load_checkpoint(last) if last is not None else None
+    """
+    for path, raw in reversed(_scan(Path(dirpath))):
+        try:
+            for name in _DATA_FILES:
+                _verify_digest(path, name, raw, _hash_file(path / name))
+        except OSError as e:  # CheckpointError included
+            logger.warning("Skipping checkpoint: %s", e)
+            continue
+        return path
+    return None
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _prepare_weights(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if not isinstance(model_state, dict):
+        raise TypeError(
+            "Received an invalid value for `model_state`, expected a dict of str -> Tensor "
+            f"(model.state_dict()). Received: {type(model_state).__name__}"
+        )
+    seen: set[int] = set()
+    tensors = {}
+    for name, value in model_state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise TypeError(
+                "Received an invalid entry in `model_state`, expected str -> Tensor. "
+                f"Received: {name!r} -> {type(value).__name__}"
+            )
+        t = value.detach().cpu()
+        storage = t.untyped_storage().data_ptr()
+        # safetensors refuses tensors that share memory or are not contiguous: copy those.
+        if storage in seen or not t.is_contiguous() or t.nbytes != t.untyped_storage().nbytes():
+            t = t.clone(memory_format=torch.contiguous_format)
+        seen.add(storage)
+        tensors[name] = t
+    return tensors
+
+
+def _check_storable(value: Any, where: str) -> None:
+    """Raise TypeError if torch.load(weights_only=True) could not read `value` back."""
+    if isinstance(value, torch.Tensor) and type(value) in (torch.Tensor, torch.nn.Parameter):
+        return
+    if type(value) in _LEAF_TYPES:
+        return
+    if type(value) in (dict, OrderedDict):
+        for key, item in value.items():
+            _check_storable(key, f"{where} key {key!r}")
+            _check_storable(item, f"{where}[{key!r}]")
+        return
+    if type(value) in _CONTAINER_TYPES:
+        for i, item in enumerate(value):
+            _check_storable(item, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"{where} has type {type(value).__module__}.{type(value).__qualname__}, which "
+        "torch.load(weights_only=True) cannot read back. Allowed: tensors, bool, int, float, "
+        "str, bytes, None, torch.dtype/device and dict, list, tuple, set of those "
+        "(convert numpy values with .item() or torch.from_numpy)."
+    )
+
+
+def _check_meta(meta: dict[str, Any]) -> None:
+    if not isinstance(meta, dict):
+        raise TypeError(
+            "Received an invalid value for `meta`, expected a JSON-serialisable dict. "
+            f"Received: {type(meta).__name__}"
+        )
+    if _HEADER in meta:
+        raise ValueError(
+            f"`meta` key {_HEADER!r} is reserved for the checkpoint format header; "
+            "use another name."
+        )
+    try:
+        json.dumps(meta)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`meta` must be JSON-serialisable: {e}") from e
+
+
+def _check_replaceable(path: Path) -> None:
+    """Refuse to replace anything that is not (a possibly half-written) checkpoint."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise CheckpointError(path, "exists and is not a directory; refusing to replace it")
+    names = {p.name for p in path.iterdir()}
+    if names <= set(_ALL_FILES):
+        return
+    try:
+        _read_meta(path)
+    except CheckpointError:
+        pass
+    else:
+        return
+    raise CheckpointError(
+        path,
+        f"exists and is not an ember checkpoint (contains {sorted(names)[:5]}); "
+        "refusing to replace it",
+    )
+
+
+@contextlib.contextmanager
+def _stage(path: Path, action: str) -> Iterator[None]:
+    """Turn any failure inside into a CheckpointError naming the checkpoint and the action."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(path, f"{action} failed: {type(e).__name__}: {e}") from e
+
+
+def _write_files(
+    path: Path, tmp: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any], meta: dict
+) -> None:
+    from safetensors.torch import save_file
+
+    digests = {}
+    with _stage(path, f"writing {tmp / WEIGHTS_FILE}"):
+        save_file(tensors, tmp / WEIGHTS_FILE)
+        digests[WEIGHTS_FILE] = _hash_file(tmp / WEIGHTS_FILE, fsync=True)
+    with _stage(path, f"writing {tmp / STATE_FILE}"):
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save(state, f)
+        digests[STATE_FILE] = _hash_file(tmp / STATE_FILE, fsync=True)
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "sha256": digests}
+    with _stage(path, f"writing {tmp / META_FILE}"):
+        with open(tmp / META_FILE, "w", encoding="utf-8") as f:
+            json.dump({_HEADER: header, **meta}, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+
+
+def _move_into_place(tmp: Path, path: Path) -> None:
+    aside = None
+    if path.exists():
+        aside = path.parent / f"{_OLD_PREFIX}{path.name}-{secrets.token_hex(4)}"
+        with _stage(path, f"moving the previous checkpoint aside to {aside}"):
+            os.replace(path, aside)
+    try:
+        with _stage(path, f"renaming {tmp} to {path}"):
+            os.replace(tmp, path)
+    except CheckpointError:
+        if aside is not None:
+            try:
+                os.replace(aside, path)
+            except OSError:
+                logger.error("Could not move the previous checkpoint back from %s", aside)
+        raise
+    with _stage(path, f"syncing directory {path.parent}"):
+        _fsync_dir(path.parent)
+    if aside is not None:
+        _remove_quietly(aside)
+
+
+def _remove_quietly(path: Path) -> None:
+    # meta.json goes first: a removal cut short leaves a dir that reads as incomplete.
+    with contextlib.suppress(OSError):
+        (path / META_FILE).unlink()
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        logger.warning("Could not remove the previous checkpoint moved aside to %s", path)
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":  # directories cannot be opened for fsync on Windows
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """Return meta.json's content after checking the format, version and that files exist."""
+    if not path.exists():
+        raise CheckpointError(path, "does not exist" + _aside_hint(path))
+    if not path.is_dir():
+        raise CheckpointError(path, "not a directory; a checkpoint is a directory")
+    if not (path / META_FILE).is_file():
+        present = [n for n in _DATA_FILES if (path / n).exists()]
+        if present or path.name.startswith(_TMP_PREFIX):
+            raise CheckpointError(
+                path,
+                f"incomplete (half-written): has {present} but no {META_FILE}; "
+                "a save was probably interrupted",
+            )
+        raise CheckpointError(
+            path, f"is not an ember checkpoint (no {META_FILE}): expected files {list(_ALL_FILES)}"
+        )
+    try:
+        raw = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(path, f"corrupt: {META_FILE} is not valid JSON: {e}") from e
+    header = raw.get(_HEADER) if isinstance(raw, dict) else None
+    fmt = header.get("format") if isinstance(header, dict) else None
+    if fmt != FORMAT:
+        raise CheckpointError(
+            path,
+            f"is not an ember checkpoint: {META_FILE} has {_HEADER}.format={fmt!r}, "
+            f"expected {FORMAT!r}",
+        )
+    version = header.get("format_version")
+    if not isinstance(version, int) or not isinstance(header.get("sha256"), dict):
+        raise CheckpointError(path, f"corrupt: {META_FILE} lacks format_version or sha256")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            path,
+            f"written by a newer format version {version} (this ember reads up to "
+            f"{FORMAT_VERSION}); upgrade ember to read it",
+        )
+    missing = [n for n in _DATA_FILES if not (path / n).is_file()]
+    if missing:
+        raise CheckpointError(path, f"incomplete (half-written): missing {missing}")
+    return raw
+
+
+def _verify_digest(path: Path, name: str, raw: dict[str, Any], actual: str) -> None:
+    expected = raw[_HEADER]["sha256"].get(name)
+    if expected != actual:
+        raise CheckpointError(
+            path,
+            f"corrupt: {name} checksum mismatch (meta.json says {expected}, file has {actual})",
+        )
+
+
+def _hash_file(file: Path, *, fsync: bool = False) -> str:
+    digest = hashlib.sha256()
+    with open(file, "r+b" if fsync else "rb") as f:
+        if fsync:
+            os.fsync(f.fileno())
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _aside_hint(path: Path) -> str:
+    aside = sorted(path.parent.glob(f"{_OLD_PREFIX}{path.name}-*")) if path.parent.is_dir() else []
+    if not aside:
+        return ""
+    return f" (an interrupted save left the previous checkpoint at {aside[-1]}; rename it back)"
+
+
+def _scan(dirpath: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Complete checkpoints in dirpath with their meta, oldest first."""
+    if not dirpath.exists():
+        return []
+    if not dirpath.is_dir():
+        raise CheckpointError(dirpath, "not a directory; expected a directory of checkpoints")
+    found = []
+    for child in dirpath.iterdir():
+        if child.name.startswith(_TMP_PREFIX) or not child.is_dir():
+            continue
+        try:
+            raw = _read_meta(child)
+        except CheckpointError as e:
+            if "is not an ember checkpoint" in e.problem:
+                logger.debug("Ignoring %s: %s", child, e.problem)
+            else:
+                logger.warning("Skipping checkpoint: %s", e)
+            continue
+        step = raw.get("global_step")
+        step = step if isinstance(step, int) and not isinstance(step, bool) else -1
+        found.append(((step, (child / META_FILE).stat().st_mtime_ns), child, raw))
+    found.sort(key=lambda item: item[0])
+    return [(child, raw) for _, child, raw in found]

@@ -1,0 +1,187 @@
+"""Loggers: TensorBoard event files and CSV, under `<save_dir>/<name>/version_<N>/`."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Logger", "TensorBoardLogger", "CSVLogger", "next_version"]
+
+log = logging.getLogger(__name__)
+
+
+def next_version(root: Path) -> int:
+    """The first unused `version_N` number under `root`."""
+    found = [
+        int(m.group(1))
+        for p in root.glob("version_*")
+        if (m := re.fullmatch(r"version_(\d+)", p.name))
+    ]
+    return max(found, default=-1) + 1
+
+
+class Logger:
+    """Base logger: a run directory and no-op hooks. Subclasses write somewhere.
+
+    Args:
+        save_dir: the root of all runs (default "runs").
+        name: the experiment name (a sub-directory).
+        version: an int (version_<N>), a string (used as is) or None for the next free number.
+    """
+
+    def __init__(self, save_dir: str | Path = "runs", name: str = "default", version: Any = None):
+        self.root_dir = Path(save_dir) / name
+        self.version = version
+
+    @property
+    def log_dir(self) -> Path:
+        """This run's directory, created on first use."""
+        if self.version is None:
+            self.version = next_version(self.root_dir)
+        sub = self.version if isinstance(self.version, str) else f"version_{self.version}"
+        path = self.root_dir / sub
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def start(self, resume_step: int | None = None) -> None:
+        """Open files; `resume_step` drops events logged after a resumed checkpoint."""
+
+    def log_hyperparams(self, params: dict) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_graph(self, model: nn.Module, example_input: Any) -> None: ...
+
+    def log_histograms(self, model: nn.Module, step: int) -> None: ...
+
+    def flush(self) -> None:
+        """Make what was logged so far durable (called after every epoch)."""
+
+    def finalize(self, final_metrics: dict[str, float]) -> None: ...
+
+
+class TensorBoardLogger(Logger):
+    """Write TensorBoard event files (scalars, histograms, graph, hparams) with torch's SummaryWriter.
+
+    Args:
+        save_dir, name, version: see `Logger`.
+        histogram_every_n_epochs: weight and gradient histograms every n epochs (0 disables).
+        log_graph: write the model graph (traced with the first batch).
+
+    Example:
+        >>> ember.Trainer(logger=TensorBoardLogger("runs", name="digits"))
+        >>> # then: tensorboard --logdir runs
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path = "runs",
+        name: str = "default",
+        version: Any = None,
+        histogram_every_n_epochs: int = 1,
+        log_graph: bool = True,
+    ) -> None:
+        super().__init__(save_dir, name, version)
+        self.histogram_every_n_epochs = histogram_every_n_epochs
+        self.log_graph_enabled = log_graph
+        self._writer = None
+        self._hparams: dict = {}
+
+    def start(self, resume_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # lazy: imports tensorboard
+
+        self._writer = SummaryWriter(str(self.log_dir), purge_step=resume_step)
+
+    def log_hyperparams(self, params: dict) -> None:
+        self._hparams = {k: _hparam_value(v) for k, v in params.items()}
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            self._writer.add_scalar(key, value, step)
+
+    def log_graph(self, model: nn.Module, example_input: Any) -> None:
+        if not self.log_graph_enabled:
+            return
+        try:
+            self._writer.add_graph(model, example_input)
+        except Exception as exc:  # tracing fails for some models; the run must go on
+            log.warning("TensorBoard graph not written: the model could not be traced (%s).", exc)
+
+    def log_histograms(self, model: nn.Module, step: int) -> None:
+        n = self.histogram_every_n_epochs
+        if not n or step % n:
+            return
+        for name, p in model.named_parameters():
+            self._writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
+            if p.grad is not None:
+                self._writer.add_histogram(f"gradients/{name}", p.grad.detach().float().cpu(), step)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def finalize(self, final_metrics: dict[str, float]) -> None:
+        if self._writer is None:
+            return
+        if self._hparams:
+            from torch.utils.tensorboard.summary import hparams
+
+            metrics = {f"hparam/{k}": v for k, v in final_metrics.items()}
+            # Written into this run's own file (SummaryWriter.add_hparams would make a sub-run).
+            for summary in hparams(self._hparams, metrics):
+                self._writer.file_writer.add_summary(summary)
+            for k, v in metrics.items():
+                self._writer.add_scalar(k, v, 0)
+        self._writer.flush()
+        self._writer.close()
+        self._writer = None
+
+
+def _hparam_value(value: Any) -> Any:
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return str(value)
+
+
+class CSVLogger(Logger):
+    """Write `metrics.csv` (one row per logging call: step plus the values) and `hparams.csv`.
+
+    Example:
+        >>> ember.Trainer(logger=[TensorBoardLogger(), CSVLogger()])
+    """
+
+    def start(self, resume_step: int | None = None) -> None:
+        self._rows: list[dict] = []
+        path = self.log_dir / "metrics.csv"
+        if resume_step is not None and path.exists():
+            with path.open(newline="") as f:
+                self._rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+
+    def log_hyperparams(self, params: dict) -> None:
+        with (self.log_dir / "hparams.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["name", "value"])
+            writer.writerows((k, _hparam_value(v)) for k, v in params.items())
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._rows.append({"step": step, **metrics})
+
+    def finalize(self, final_metrics: dict[str, float]) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        keys: list[str] = ["step"]
+        for row in self._rows:
+            keys += [k for k in row if k not in keys]
+        with (self.log_dir / "metrics.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self._rows)

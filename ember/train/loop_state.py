@@ -1,0 +1,351 @@
+"""The Trainer's state between steps: data loaders that can resume mid-epoch, epoch accumulators,
+checkpoint save and restore. Kept out of trainer.py so the loop there reads top to bottom."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from ember.train.sampler import ResumableSampler
+
+if TYPE_CHECKING:
+    from ember.train.program import Program
+    from ember.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+FORMAT = "ember.checkpoint"
+
+
+# -- data -----------------------------------------------------------------------------------------
+def prepare_loader(trainer: Trainer, data: Any, *, shuffle: bool) -> Any:
+    """Rebuild a DataLoader over a `ResumableSampler` (seeded, sharded, skippable).
+
+    Loaders with a custom sampler, batch sampler or an iterable dataset are used as they are; a
+    resumed epoch then skips batches by iterating over them.
+    """
+    if isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        data = DataLoader(data, batch_size=32, shuffle=shuffle)
+    if not isinstance(data, DataLoader):
+        if not hasattr(data, "__iter__"):
+            raise TypeError(
+                f"Training data must be a DataLoader, a Dataset or an iterable of batches. "
+                f"Received: {type(data).__name__}"
+            )
+        return data
+    if data.batch_size is None or not isinstance(data.sampler, (RandomSampler, SequentialSampler)):
+        return data
+    sampler = ResumableSampler(
+        len(data.dataset),
+        shuffle=isinstance(data.sampler, RandomSampler),
+        seed=trainer.seed or 0,
+        rank=trainer.strategy.rank,
+        world_size=trainer.strategy.world_size,
+        drop_last=trainer.strategy.world_size > 1,
+    )
+    generator = torch.Generator()  # worker seeds come from here, not from the global RNG
+    kwargs = dict(
+        batch_size=data.batch_size,
+        sampler=sampler,
+        num_workers=data.num_workers,
+        collate_fn=data.collate_fn,
+        pin_memory=data.pin_memory,
+        drop_last=data.drop_last,
+        timeout=data.timeout,
+        worker_init_fn=data.worker_init_fn,
+        generator=generator,
+        persistent_workers=data.persistent_workers,
+    )
+    if data.num_workers > 0:
+        kwargs["prefetch_factor"] = data.prefetch_factor
+    return DataLoader(data.dataset, **kwargs)
+
+
+def begin_epoch(trainer: Trainer, loader: Any) -> None:
+    """Select the epoch's order, skip what a resumed checkpoint already consumed, reset sums."""
+    skip = trainer.batch_in_epoch
+    if isinstance(loader, DataLoader) and isinstance(loader.sampler, ResumableSampler):
+        loader.sampler.set_epoch(trainer.current_epoch)
+        loader.sampler.set_start(skip * loader.batch_size)
+        loader.generator.manual_seed((trainer.seed or 0) * 7919 + trainer.current_epoch)
+        trainer.num_train_batches = skip + len(loader)
+    else:
+        trainer.num_train_batches = _safe_len(loader)
+        if skip:
+            log.warning(
+                "Resuming mid-epoch over a custom loader: skipping %d batches by iterating.", skip
+            )
+            it = iter(loader)
+            for _ in range(skip):
+                next(it)
+    if trainer.limit_train_batches is not None and trainer.num_train_batches is not None:
+        trainer.num_train_batches = min(trainer.num_train_batches, trainer.limit_train_batches)
+    if not skip:
+        trainer._epoch_loss_sum = torch.zeros((), device=trainer.device)
+        trainer._epoch_samples = 0
+    trainer._epoch_start = time.monotonic()
+
+
+def _safe_len(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def batch_mover(device: torch.device):
+    """A function moving a batch (tensors in lists, tuples, dicts) to `device`."""
+    if device.type == "cpu":
+        return lambda batch: batch  # data loaders already produce CPU tensors
+
+    def move(batch: Any) -> Any:
+        if isinstance(batch, torch.Tensor):
+            return batch.to(device, non_blocking=True)
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(move(b) for b in batch)
+        if isinstance(batch, dict):
+            return {k: move(v) for k, v in batch.items()}
+        return batch
+
+    return move
+
+
+def batch_size(batch: Any) -> int:
+    while isinstance(batch, (list, tuple)) and batch:
+        batch = batch[0]
+    if isinstance(batch, dict) and batch:
+        return batch_size(next(iter(batch.values())))
+    return int(batch.shape[0]) if isinstance(batch, torch.Tensor) and batch.ndim else 1
+
+
+def example_input(loader: Any, device: torch.device) -> Any:
+    """The inputs of the first batch (for graph logging)."""
+    from ember.train.steps import split_batch
+
+    batch = (
+        next(iter(loader))
+        if not isinstance(loader, DataLoader)
+        else loader.collate_fn([loader.dataset[0]])
+    )
+    x, _ = split_batch(batch_mover(device)(batch))
+    return x
+
+
+def materialize(module: torch.nn.Module, loader: Any, device: torch.device) -> None:
+    """Build lazy parameters with one forward pass on the first sample, without touching the RNG."""
+    from torch.nn.parameter import is_lazy
+
+    if not any(is_lazy(p) for p in module.parameters()):
+        return
+    module.to(device)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        was_training = module.training
+        module.eval()
+        x = example_input(loader, device)
+        module(*x) if isinstance(x, tuple) else module(x)
+        module.train(was_training)
+
+
+# -- epoch logs -----------------------------------------------------------------------------------
+def epoch_train_logs(trainer: Trainer, program: Program) -> dict[str, float]:
+    total = trainer.strategy.reduce_mean(trainer._epoch_loss_sum / max(trainer._epoch_samples, 1))
+    logs = {"loss": float(total)}
+    logs.update(program.compute_metrics("train", trainer.strategy))
+    return logs
+
+
+def epoch_info(trainer: Trainer, program: Program) -> dict[str, Any]:
+    seconds = time.monotonic() - trainer._epoch_start
+    norms = {}
+    for name, p in program.module.named_parameters():
+        norms[f"norm/weight/{name}"] = float(p.detach().float().norm())
+        if p.grad is not None:
+            norms[f"norm/grad/{name}"] = float(p.grad.detach().float().norm())
+    return {
+        "epoch_time": seconds,
+        "samples_per_sec": trainer._epoch_samples / seconds if seconds > 0 else 0.0,
+        "norms": norms,
+    }
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def save(trainer: Trainer, path: Path, epoch_done: bool) -> Path:
+    """Write a resumable checkpoint; with `epoch_done` it resumes at the next epoch's start."""
+    from ember.train.checkpoint import save_checkpoint
+    from ember.train.rng import get_rng_state
+
+    module = trainer._program.module
+    trainer.strategy.barrier()
+    if trainer.is_global_zero:
+        metric_state = _metric_states(module) if not epoch_done else {}
+        trainer_state = {
+            "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
+            "scaler": trainer.precision.scaler.state_dict() if trainer.precision.scaler else None,
+            "rng": get_rng_state(),
+            "callbacks": trainer._runner.state_dict(),
+            "loss_sum": None if epoch_done else trainer._epoch_loss_sum.detach().cpu(),
+            "metrics": metric_state,
+        }
+        meta = {
+            "format": FORMAT,
+            "epoch": trainer.current_epoch + (1 if epoch_done else 0),
+            "batch_in_epoch": 0 if epoch_done else trainer.batch_in_epoch,
+            "samples_in_epoch": 0 if epoch_done else trainer._epoch_samples,
+            "global_step": trainer.global_step,
+            "seed": trainer.seed,
+            "should_stop": trainer.should_stop,
+            "hparams": {
+                k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+                for k, v in trainer.hparams.items()
+            },
+            "history": trainer.history.state_dict(),
+            "logged_metrics": trainer.logged_metrics,
+            "time": time.time(),
+        }
+        model_state = module.state_dict()
+        save_checkpoint(path, model_state=model_state, trainer_state=trainer_state, meta=meta)
+    trainer.strategy.barrier()
+    return path
+
+
+def find_checkpoint(trainer: Trainer, ckpt_path: str | Path) -> Any:
+    """Load the checkpoint named by `ckpt_path` ("last" or a directory)."""
+    from ember.train.checkpoint import find_last, load_checkpoint
+
+    if str(ckpt_path) != "last":
+        return load_checkpoint(Path(ckpt_path))
+    found = _find_last_run(trainer, find_last)
+    if found is None:
+        log.warning(
+            "ckpt_path='last': no complete checkpoint under %s; starting fresh.",
+            trainer._run_dir.root_dir,
+        )
+        return None
+    return load_checkpoint(found)
+
+
+def _find_last_run(trainer: Trainer, find_last: Any) -> Path | None:
+    cb = trainer.checkpoint_callback
+    if cb is not None and cb.dirpath is not None:
+        return find_last(cb.dirpath)
+    root = trainer._run_dir.root_dir
+    best: tuple[int, Path, Any] | None = None
+    for version_dir in sorted(root.glob("*")):
+        found = (
+            find_last(version_dir / "checkpoints")
+            if (version_dir / "checkpoints").is_dir()
+            else None
+        )
+        if found is not None:
+            step = json.loads((found / "meta.json").read_text()).get("global_step", 0)
+            if best is None or step >= best[0]:
+                best = (step, found, version_dir)
+    if best is None:
+        return None
+    # Keep writing logs and checkpoints into the run being resumed.
+    for logger in {
+        id(trainer._run_dir): trainer._run_dir,
+        **{id(x): x for x in trainer.loggers},
+    }.values():
+        logger.version = (
+            best[2].name if not best[2].name.startswith("version_") else int(best[2].name[8:])
+        )
+    return best[1]
+
+
+def restore(trainer: Trainer, program: Program, ckpt: Any) -> None:
+    """Load model, optimizer, scheduler, scaler, RNG, callbacks and loop position from `ckpt`."""
+    from ember.train.rng import set_rng_state
+
+    meta, state = ckpt.meta, ckpt.trainer_state
+    if meta.get("format") != FORMAT:
+        raise ValueError(
+            f"{ckpt.path} is not a training checkpoint (format {meta.get('format')!r})."
+        )
+    _load_model_state(program.module, ckpt.model_state, ckpt.path)
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.scheduler is not None and state["scheduler"] is not None:
+        trainer.scheduler.load_state_dict(state["scheduler"])
+    if trainer.precision.scaler is not None and state["scaler"] is not None:
+        trainer.precision.scaler.load_state_dict(state["scaler"])
+    trainer._runner.load_state_dict(state["callbacks"])
+    trainer.current_epoch, trainer.batch_in_epoch = meta["epoch"], meta["batch_in_epoch"]
+    trainer.global_step, trainer.should_stop = meta["global_step"], meta["should_stop"]
+    trainer.history.load_state_dict(meta["history"])
+    trainer.logged_metrics = dict(meta["logged_metrics"])
+    trainer._epoch_samples = meta["samples_in_epoch"]
+    trainer._epoch_loss_sum = (
+        state["loss_sum"].to(trainer.device)
+        if state["loss_sum"] is not None
+        else torch.zeros((), device=trainer.device)
+    )
+    _load_metric_states(program.module, state["metrics"])
+    set_rng_state(state["rng"])
+    log.info(
+        "Resumed from %s at epoch %d, batch %d, step %d.",
+        ckpt.path,
+        trainer.current_epoch,
+        trainer.batch_in_epoch,
+        trainer.global_step,
+    )
+
+
+def _load_model_state(module: torch.nn.Module, model_state: dict, path: Path) -> None:
+    try:
+        module.load_state_dict(model_state)
+    except RuntimeError as exc:
+        raise ValueError(f"The checkpoint {path} does not fit this model: {exc}") from exc
+
+
+def _metric_states(module: Any) -> dict:
+    cfg = getattr(module, "_ember_compile", None)
+    if cfg is None or not cfg.metric_objects:
+        return {}
+    states = {}
+    for stage, metrics in cfg.metric_objects.items():
+        for name, metric in metrics.items():
+            values = {k: getattr(metric, k) for k in metric._defaults}
+            states[f"{stage}/{name}"] = {**values, "_update_count": metric._update_count}
+    return {"num_classes": cfg.num_classes, "states": states}
+
+
+def _load_metric_states(module: Any, saved: dict) -> None:
+    cfg = getattr(module, "_ember_compile", None)
+    if cfg is None or not saved:
+        return
+    from ember.train.steps import build_metrics
+
+    cfg.num_classes = saved["num_classes"]
+    device = next(iter(module.parameters()), torch.zeros(())).device
+    for key, values in saved["states"].items():
+        stage, name = key.split("/", 1)
+        if stage not in cfg.metric_objects:
+            cfg.metric_objects[stage] = build_metrics(cfg, device)
+        metric = cfg.metric_objects[stage][name]
+        for k, v in values.items():
+            setattr(metric, k, v)
+
+
+def write_run_record(trainer: Trainer, program: Program, loader: Any) -> None:
+    """`run.json`: what the report shows besides the history (hparams, model summary)."""
+    record = {
+        "hparams": trainer.hparams,
+        "model": type(program.module).__name__,
+        "started": time.time(),
+    }
+    try:
+        from ember.summary import summary
+
+        record["summary"] = summary(
+            program.module, example_input=example_input(loader, trainer.device)
+        )
+    except Exception as exc:  # a summary is a nicety; never fail a run for it
+        log.debug("No model summary for the run record: %s", exc)
+    (trainer.log_dir / "run.json").write_text(json.dumps(record, default=str, indent=1))

@@ -1,0 +1,424 @@
+"""The Trainer: one fit loop for ember models and plain torch modules, with fixed hook points."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ember.train import loop_state
+from ember.train.callbacks import Callback, CallbackRunner
+from ember.train.distributed import get_strategy
+from ember.train.history import History
+from ember.train.loggers import Logger, TensorBoardLogger
+from ember.train.model_checkpoint import ModelCheckpoint
+from ember.train.precision import Precision, resolve_device
+from ember.train.program import Program
+
+__all__ = ["Trainer"]
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """Train, validate and predict with any `ember.Model` or compiled `torch.nn.Module`.
+
+    Args:
+        max_epochs: epochs to train (default 1000 when `max_steps` is not set either).
+        max_steps: stop after this many optimizer steps.
+        accelerator: "auto", "cpu", "cuda" or "mps".
+        strategy: "auto" (one process) - see docs/distributed.md for "ddp" and "fsdp".
+        precision: "32", "16-mixed" or "bf16-mixed".
+        accumulate_grad_batches: batches per optimizer step.
+        gradient_clip_val: clip the gradient norm (or values, see `gradient_clip_algorithm`).
+        gradient_clip_algorithm: "norm" or "value".
+        compile: run the model through `torch.compile`.
+        callbacks: `Callback` objects.
+        logger: True (TensorBoard), False (none), a Logger or a list of Loggers.
+        default_root_dir: root of run directories when `logger` is True or False.
+        name: the run name (`<default_root_dir>/<name>/version_N`).
+        seed: seed every RNG; a run with the same seed is reproducible. None picks one (recorded).
+        deterministic: use torch's deterministic algorithms.
+        log_every_n_steps: how often the per-step training loss is logged.
+        enable_progress_bar: show a progress bar (plain lines when not a TTY).
+        enable_checkpointing: add a `ModelCheckpoint` (last + best) when none is given.
+        terminate_on_nan: stop with an error when the loss becomes NaN or infinite.
+        limit_train_batches: use only this many batches per epoch (for quick runs).
+
+    Example:
+        >>> trainer = ember.Trainer(max_epochs=5, precision="bf16-mixed", seed=0)
+        >>> history = trainer.fit(model, train_loader, val_loader)
+    """
+
+    def __init__(
+        self,
+        max_epochs: int | None = None,
+        max_steps: int | None = None,
+        accelerator: str = "auto",
+        strategy: str = "auto",
+        precision: Any = "32",
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+        compile: bool = False,
+        callbacks: list[Callback] | None = None,
+        logger: Any = True,
+        default_root_dir: str | Path = "runs",
+        name: str = "default",
+        seed: int | None = None,
+        deterministic: bool = False,
+        log_every_n_steps: int = 50,
+        enable_progress_bar: bool = True,
+        enable_checkpointing: bool = True,
+        terminate_on_nan: bool = True,
+        limit_train_batches: int | None = None,
+    ) -> None:
+        _check_positive(accumulate_grad_batches=accumulate_grad_batches)
+        _check_positive(log_every_n_steps=log_every_n_steps)
+        if gradient_clip_algorithm not in ("norm", "value"):
+            raise ValueError(
+                f"Unknown gradient_clip_algorithm {gradient_clip_algorithm!r}. Choose one of: norm, value"
+            )
+        if max_epochs is None and max_steps is None:
+            max_epochs = 1000
+        self.max_epochs, self.max_steps = max_epochs, max_steps
+        self.device = resolve_device(accelerator)
+        self.strategy = get_strategy(strategy, self.device)
+        self.precision = Precision(precision, self.device)
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = gradient_clip_algorithm
+        self.compile = compile
+        self.seed = seed
+        self.deterministic = deterministic
+        self.log_every_n_steps = log_every_n_steps
+        self.terminate_on_nan = terminate_on_nan
+        self.limit_train_batches = limit_train_batches
+        self.loggers = _make_loggers(logger, default_root_dir, name)
+        self._run_dir = self.loggers[0] if self.loggers else Logger(default_root_dir, name)
+        self.callbacks = _default_callbacks(callbacks, enable_progress_bar, enable_checkpointing)
+        self.history = History()
+        self.current_epoch = 0
+        self.global_step = 0
+        self.batch_in_epoch = 0
+        self.num_train_batches: int | None = None
+        self.should_stop = False
+        self.at_step_boundary = True
+        self.logged_metrics: dict[str, float] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.hparams: dict[str, Any] = {}
+
+    # -- public properties used by callbacks ------------------------------------------------------
+    @property
+    def log_dir(self) -> Path:
+        """This run's directory (TensorBoard files, checkpoints, history.json, report)."""
+        return self._run_dir.log_dir
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.strategy.is_global_zero
+
+    @property
+    def checkpoint_callback(self) -> ModelCheckpoint | None:
+        return next((c for c in self.callbacks if isinstance(c, ModelCheckpoint)), None)
+
+    # -- fit ------------------------------------------------------------------------------------
+    def fit(
+        self,
+        model: nn.Module,
+        train_data: Any,
+        val_data: Any = None,
+        *,
+        ckpt_path: str | Path | None = None,
+    ) -> History:
+        """Train `model`; resume from `ckpt_path` ("last" or a checkpoint directory) if given.
+
+        Args:
+            model: an `ember.Model`, or a `torch.nn.Module` compiled with `ember.compile`.
+            train_data: a DataLoader (or Dataset) of (inputs, targets) batches.
+            val_data: validation batches, evaluated after every epoch.
+            ckpt_path: "last" (the newest complete checkpoint of this run name) or a path.
+
+        Returns:
+            The History of per-epoch metrics.
+        """
+        program = Program(model)
+        ckpt = loop_state.find_checkpoint(self, ckpt_path) if ckpt_path is not None else None
+        self._setup_run(ckpt)
+        train_loader = loop_state.prepare_loader(self, train_data, shuffle=True)
+        val_loader = None
+        if val_data is not None:
+            val_loader = loop_state.prepare_loader(self, val_data, shuffle=False)
+        self._setup_model(program, train_loader)
+        if ckpt is not None:
+            loop_state.restore(self, program, ckpt)
+        self._start_logging(program, train_loader, resumed=ckpt is not None)
+        runner = self._runner
+        try:
+            runner.call("on_fit_start", self, model)
+            while not self._done():
+                self._train_epoch(program, train_loader)
+                if self.should_stop and self.batch_in_epoch:
+                    break  # max_steps reached mid-epoch
+                logs = self._end_epoch(program, val_loader)
+                runner.call("on_epoch_end", self, model, logs)
+                self.current_epoch += 1
+                self.batch_in_epoch = 0
+        except BaseException as exc:
+            runner.call("on_exception", self, model, exc)
+            self._finish_logging(final=False)
+            raise
+        runner.call("on_fit_end", self, model)
+        self._finish_logging(final=True)
+        return self.history
+
+    def _done(self) -> bool:
+        if self.should_stop:
+            return True
+        if self.max_steps is not None and self.global_step >= self.max_steps:
+            return True
+        return self.max_epochs is not None and self.current_epoch >= self.max_epochs
+
+    def _setup_run(self, ckpt: Any) -> None:
+        if ckpt is not None:
+            self.seed = ckpt.meta["seed"]
+        if self.seed is None:
+            self.seed = random.SystemRandom().randrange(2**31)
+        from ember.train.rng import seed_everything
+
+        seed_everything(self.seed)
+        torch.use_deterministic_algorithms(self.deterministic, warn_only=False)
+
+    def _setup_model(self, program: Program, train_loader: Any) -> None:
+        self._program = program
+        loop_state.materialize(program.module, train_loader, self.device)
+        program.forward_module = self.strategy.setup_module(program.module)
+        if self.compile:
+            program.module.compile()
+        self.optimizer, self.scheduler, self.scheduler_interval, self.scheduler_monitor = (
+            program.configure_optimizers()
+        )
+        self._runner = CallbackRunner(self.callbacks)
+        self.history = History()
+        self.current_epoch = self.global_step = self.batch_in_epoch = 0
+        self.should_stop = False
+        self.hparams = {**program.hparams(), **self._trainer_hparams()}
+
+    def _trainer_hparams(self) -> dict[str, Any]:
+        return {
+            "max_epochs": self.max_epochs,
+            "max_steps": self.max_steps,
+            "precision": self.precision.name,
+            "accumulate_grad_batches": self.accumulate_grad_batches,
+            "gradient_clip_val": self.gradient_clip_val,
+            "seed": self.seed,
+        }
+
+    # -- one epoch ------------------------------------------------------------------------------
+    def _train_epoch(self, program: Program, loader: Any) -> None:
+        module, runner = program.module, self._runner
+        loop_state.begin_epoch(self, loader)
+        module.train()
+        runner.call("on_train_epoch_start", self, program.module)
+        per_batch = runner.has("on_train_batch_end")
+        acc, optimizer, precision = self.accumulate_grad_batches, self.optimizer, self.precision
+        to_device = loop_state.batch_mover(self.device)
+        start_batch = self.batch_in_epoch
+        for batch_idx, batch in enumerate(loader, start=start_batch):
+            if self.limit_train_batches is not None and batch_idx >= self.limit_train_batches:
+                break
+            batch = to_device(batch)
+            if batch_idx % acc == 0:
+                optimizer.zero_grad(set_to_none=True)
+            with precision.autocast():
+                logs = program.train_step(batch)
+            loss = logs["loss"]
+            if self.terminate_on_nan and not torch.isfinite(loss):
+                raise FloatingPointError(_nan_message(loss, self.current_epoch, batch_idx))
+            precision.backward(loss / acc if acc > 1 else loss)
+            self._epoch_loss_sum += loss.detach() * (n := loop_state.batch_size(batch))
+            self._epoch_samples += n
+            self.batch_in_epoch = batch_idx + 1
+            self.at_step_boundary = (
+                self.batch_in_epoch % acc == 0 or self.batch_in_epoch == self.num_train_batches
+            )
+            if self.at_step_boundary:
+                self._optimizer_step(program, loss)
+            if per_batch:
+                runner.call("on_train_batch_end", self, program.module, logs, batch_idx)
+            if self.max_steps is not None and self.global_step >= self.max_steps:
+                self.should_stop = True
+                break
+
+    def _optimizer_step(self, program: Program, loss: torch.Tensor) -> None:
+        if self.gradient_clip_val is not None:
+            self.precision.unscale(self.optimizer)
+            params = program.module.parameters()
+            if self.gradient_clip_algorithm == "norm":
+                torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_value_(params, self.gradient_clip_val)
+        self.precision.step(self.optimizer)
+        self.global_step += 1
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+        if self.global_step % self.log_every_n_steps == 0:
+            self.log_metrics({"step/loss": loss.item()})
+
+    def _end_epoch(self, program: Program, val_loader: Any) -> dict[str, float]:
+        logs = loop_state.epoch_train_logs(self, program)
+        self._runner.call("on_train_epoch_end", self, program.module)
+        if val_loader is not None:
+            val_logs = self._evaluate(program, val_loader, stage="val")
+            logs.update({f"val_{k}": v for k, v in val_logs.items()})
+            self._runner.call("on_validation_end", self, program.module, logs)
+        logs["lr"] = self.optimizer.param_groups[0]["lr"]
+        info = loop_state.epoch_info(self, program)
+        self.history.append(self.current_epoch, logs, info)
+        self.logged_metrics.update(logs)
+        self.log_metrics(logs, step=self.current_epoch)
+        self.log_metrics(info["norms"], step=self.current_epoch)
+        for logger in self.loggers:
+            logger.log_histograms(program.module, self.current_epoch)
+        self._step_epoch_scheduler(logs)
+        if self.is_global_zero:
+            self.history.write(self.log_dir / "history.json")
+            for logger in self.loggers:
+                logger.flush()
+        return logs
+
+    def _step_epoch_scheduler(self, logs: dict[str, float]) -> None:
+        if self.scheduler is None or self.scheduler_interval != "epoch":
+            return
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if self.scheduler_monitor not in logs:
+                raise KeyError(
+                    f"ReduceLROnPlateau monitors {self.scheduler_monitor!r}, which was not logged. "
+                    f"Available: {', '.join(sorted(logs))}"
+                )
+            self.scheduler.step(logs[self.scheduler_monitor])
+        else:
+            self.scheduler.step()
+
+    # -- evaluation and prediction --------------------------------------------------------------
+    def validate(self, model: nn.Module, data: Any) -> dict[str, float]:
+        """Evaluate `model` on `data`; returns {"loss": ..., metric: ...}."""
+        program = Program(model)
+        program.forward_module = self.strategy.setup_module(model)
+        return self._evaluate(program, loop_state.prepare_loader(self, data, shuffle=False), "val")
+
+    def _evaluate(self, program: Program, loader: Any, stage: str) -> dict[str, float]:
+        module = program.module
+        was_training = module.training
+        module.eval()
+        to_device = loop_state.batch_mover(self.device)
+        total, count = torch.zeros((), device=self.device), 0
+        with torch.no_grad(), self.precision.autocast():
+            for batch in loader:
+                batch = to_device(batch)
+                logs = program.validation_step(batch)
+                if "loss" in logs:
+                    n = loop_state.batch_size(batch)
+                    total += logs["loss"].detach().float() * n
+                    count += n
+        module.train(was_training)
+        out = {"loss": float(self.strategy.reduce_mean(total / max(count, 1)))} if count else {}
+        out.update(program.compute_metrics(stage, self.strategy))
+        return out
+
+    def predict(self, model: nn.Module, data: Any) -> torch.Tensor:
+        """Run `predict_step` over `data` and concatenate the outputs along dim 0."""
+        program = Program(model)
+        program.forward_module = self.strategy.setup_module(model)
+        loader = loop_state.prepare_loader(self, data, shuffle=False)
+        to_device = loop_state.batch_mover(self.device)
+        outputs = []
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), self.precision.autocast():
+            for batch in loader:
+                outputs.append(program.predict_step(to_device(batch)).float().cpu())
+        model.train(was_training)
+        return torch.cat(outputs) if outputs else torch.empty(0)
+
+    # -- checkpoints and logging ----------------------------------------------------------------
+    def save_checkpoint(self, path: str | Path, epoch_done: bool = False) -> Path:
+        """Write a checkpoint directory with everything needed to resume exactly."""
+        return loop_state.save(self, Path(path), epoch_done)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Send values to every logger (rank 0 only); `step` defaults to the global step."""
+        if not self.is_global_zero:
+            return
+        step = self.global_step if step is None else step
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step)
+
+    def _start_logging(self, program: Program, loader: Any, resumed: bool) -> None:
+        if not self.is_global_zero:
+            return
+        loop_state.write_run_record(self, program, loader)
+        for logger in self.loggers:
+            logger.start(resume_step=self.global_step if resumed else None)
+            logger.log_hyperparams(self.hparams)
+            if not resumed:
+                logger.log_graph(program.module, loop_state.example_input(loader, self.device))
+
+    def _finish_logging(self, final: bool) -> None:
+        if not self.is_global_zero:
+            return
+        final_metrics = {k: v for k, v in self.logged_metrics.items() if "/" not in k}
+        for logger in self.loggers:
+            logger.finalize(final_metrics if final else {})
+
+
+def _check_positive(**kwargs: Any) -> None:
+    for name, value in kwargs.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"Received an invalid value for `{name}`, expected a positive integer. "
+                f"Received: {name}={value!r}"
+            )
+
+
+def _nan_message(loss: torch.Tensor, epoch: int, batch_idx: int) -> str:
+    return (
+        f"The loss is {float(loss)} at epoch {epoch + 1}, batch {batch_idx}: training stopped. "
+        "Lower the learning rate, clip gradients (gradient_clip_val=1.0) or check the data for NaN; "
+        "pass Trainer(terminate_on_nan=False) to continue anyway."
+    )
+
+
+def _make_loggers(logger: Any, root: str | Path, name: str) -> list[Logger]:
+    if logger is True:
+        return [TensorBoardLogger(root, name)]
+    if logger is False or logger is None:
+        return []
+    loggers = list(logger) if isinstance(logger, (list, tuple)) else [logger]
+    for item in loggers:
+        if not isinstance(item, Logger):
+            raise TypeError(
+                f"`logger` must be True, False, a Logger or a list of Loggers. Received: {item!r}"
+            )
+    return loggers
+
+
+def _default_callbacks(callbacks: Any, progress: bool, checkpointing: bool) -> list[Callback]:
+    from ember.train.progress import ProgressBar
+
+    callbacks = list(callbacks or [])
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"Every callback must be an ember Callback. Received: {cb!r}")
+    if progress and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.insert(0, ProgressBar())
+    if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        callbacks.append(ModelCheckpoint())
+    # Checkpoints last: they must capture the state every other callback updated this epoch.
+    return [c for c in callbacks if not isinstance(c, ModelCheckpoint)] + [
+        c for c in callbacks if isinstance(c, ModelCheckpoint)
+    ]
