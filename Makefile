@@ -30,7 +30,8 @@ lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff format --check ember tests benchmarks examples
 
 test: lint
-	$(PY) -m pytest -q -n 2 --timeout 600
+	# One BLAS/OpenMP thread per test worker: two workers on two cores must not oversubscribe.
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --timeout 600
 
 reliability: $(DEV_STAMP)
 	$(PY) -m pytest -q tests/reliability --reliability-scale 10

@@ -118,9 +118,15 @@ class TensorBoardLogger(Logger):
         if not n or step % n:
             return
         for name, p in model.named_parameters():
-            self._writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
+            self._histogram(f"weights/{name}", p, step)
             if p.grad is not None:
-                self._writer.add_histogram(f"gradients/{name}", p.grad.detach().float().cpu(), step)
+                self._histogram(f"gradients/{name}", p.grad, step)
+
+    def _histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        values = values.detach().float().cpu().flatten()
+        values = values[torch.isfinite(values)]  # a diverged run still gets its other histograms
+        if values.numel():
+            self._writer.add_histogram(tag, values, step)
 
     def flush(self) -> None:
         if self._writer is not None:

@@ -1,0 +1,274 @@
+"""The `ember` command line: thin wrappers over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+_TARGETS = "onnx,int8,mobile,web,cpp"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, TypeError, OSError, RuntimeError, KeyError) as exc:
+        if args.verbose:
+            raise
+        _console(stderr=True).print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ember",
+        description="Build, train, watch, scale, export and serve PyTorch models.",
+        epilog="Run `ember COMMAND --help` for a command's options.",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log progress and show tracebacks"
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_train(sub)
+    _add_demo(sub)
+    _add_inspect(sub)
+    _add_export(sub)
+    _add_serve(sub)
+    _add_report(sub)
+    return parser
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+# -- train ----------------------------------------------------------------------------------------
+def _training_options(p: argparse.ArgumentParser, epochs: int = 15) -> None:
+    p.add_argument(
+        "--epochs", type=_positive_int, default=epochs, help="epochs (default %(default)s)"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default 32)")
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default 0.003)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--precision", default="32", help="32, 16-mixed or bf16-mixed (default 32)")
+    p.add_argument("--devices", default="auto", help="processes/devices; >1 trains with DDP")
+    p.add_argument("--output", type=Path, default=Path("demo_output"), help="output directory")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the built-in digits CNN",
+        description="Train a small CNN on scikit-learn's bundled 8x8 digits (no download). Writes "
+        "TensorBoard logs and checkpoints to OUTPUT/runs and the model package to OUTPUT/model.",
+    )
+    _training_options(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def _train(args: argparse.Namespace) -> dict:
+    from ember.demo import train_digits
+
+    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    return train_digits(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        output=args.output,
+        seed=args.seed,
+        progress=not args.no_progress,
+        precision=args.precision,
+        devices=devices,
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    result = _train(args)
+    if result["package"] is None:
+        return 0  # a non-zero rank of a distributed run
+    console = _console()
+    console.print(f"test accuracy: [bold]{result['test_accuracy']:.4f}[/]")
+    console.print(
+        f"TensorBoard logs: {result['log_dir']}  (tensorboard --logdir {result['log_dir'].parent})"
+    )
+    console.print(f"model package: {result['package']}")
+    return 0
+
+
+# -- demo -----------------------------------------------------------------------------------------
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="train, export to every target, serve and query the digits model",
+        description="The whole life of a model, offline: train on digits, export to every target "
+        "with its parity check, then serve it and query each protocol.",
+    )
+    _training_options(p)
+    p.add_argument("--to", default=_TARGETS, help=f"export targets (default {_TARGETS})")
+    p.add_argument("--no-serve", action="store_true", help="skip serving and querying")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ember.demo_run import run_demo
+
+    return run_demo(args, train=_train, console=_console())
+
+
+# -- inspect / export -----------------------------------------------------------------------------
+def _add_inspect(sub: Any) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="show a model package's signature, targets and parity figures",
+        description="Print a model package's signature, the export targets present and their parity.",
+    )
+    p.add_argument("package", type=Path, help="model package directory")
+    p.set_defaults(func=_cmd_inspect)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from ember.package import inspect_text
+
+    _console().print(inspect_text(args.package), markup=False)
+    return 0
+
+
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model package to onnx, int8, mobile, web, cpp",
+        description="Write export targets into a model package; each is checked against the trained "
+        "model's outputs on the stored sample and its parity recorded in ember.json.",
+    )
+    p.add_argument(
+        "package", type=Path, help="model package directory (from model.save / ember train)"
+    )
+    p.add_argument(
+        "--to", default="onnx", help=f"comma-separated targets from {_TARGETS} (default onnx)"
+    )
+    p.add_argument(
+        "--rtol", type=float, default=1e-4, help="fp32 relative tolerance (default 1e-4)"
+    )
+    p.add_argument(
+        "--min-top1", type=float, default=0.99, help="int8 top-1 agreement (default 0.99)"
+    )
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ember.export import export
+    from ember.package import inspect_text
+
+    targets = [t.strip() for t in args.to.split(",") if t.strip()]
+    export(args.package, targets, rtol=args.rtol, min_top1=args.min_top1)
+    _console().print(inspect_text(args.package), markup=False)
+    return 0
+
+
+# -- serve ----------------------------------------------------------------------------------------
+def _add_serve(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model repository, a package or an ONNX file",
+        description="Serve models over KServe v2 (REST and gRPC), TF Serving and TorchServe REST. "
+        "PATH is a repository (models/<name>/<version>/), one model package, or a model.onnx.",
+    )
+    p.add_argument("path", type=Path, help="repository, package directory or .onnx file")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    p.add_argument(
+        "--grpc-port", type=int, default=None, help="KServe v2 gRPC port (off by default)"
+    )
+    p.add_argument(
+        "--management-port", type=int, default=None, help="management API port (127.0.0.1)"
+    )
+    p.add_argument("--token-file", type=Path, default=None, help="management bearer token file")
+    p.add_argument(
+        "--poll-interval", type=float, default=2.0, help="seconds between repository scans"
+    )
+    p.add_argument(
+        "--max-batch-size", type=int, default=32, help="dynamic batching: max batch (default 32)"
+    )
+    p.add_argument(
+        "--max-queue-delay-ms", type=float, default=2.0, help="dynamic batching: max wait"
+    )
+    p.add_argument(
+        "--body-limit", type=int, default=64 * 1024 * 1024, help="max request body bytes"
+    )
+    p.add_argument(
+        "--runtime", default="auto", help="auto (onnxruntime, else torch), onnxruntime, torch"
+    )
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ember.serve import serve
+
+    serve(
+        args.path,
+        host=args.host,
+        port=args.port,
+        grpc_port=args.grpc_port,
+        management_port=args.management_port,
+        token_file=args.token_file,
+        poll_interval=args.poll_interval,
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_ms=args.max_queue_delay_ms,
+        body_limit=args.body_limit,
+        runtime=args.runtime,
+    )
+    return 0
+
+
+# -- report ---------------------------------------------------------------------------------------
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write a self-contained HTML training report",
+        description="Write one HTML file (no network needed) with the curves of one or more runs.",
+    )
+    p.add_argument("runs", type=Path, nargs="+", help="run directories (runs/<name>/version_N)")
+    p.add_argument(
+        "-o", "--output", type=Path, default=None, help="output file (default RUN/report.html)"
+    )
+    p.add_argument("--package", type=Path, default=None, help="model package whose parity to show")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ember.report import write_report
+
+    path = write_report(args.runs, output=args.output, package_dir=args.package)
+    _console().print(f"report: {path}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text}")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+import pytest
+import torch
+from torch import nn
+
+import ember
+from ember.data import make_loader
+from ember.train.sampler import ResumableSampler
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    return ember.compile(net, "sgd", "cross_entropy", lr=0.1)
+
+
+def _trainer(**kw):
+    kw.setdefault("enable_progress_bar", False)
+    kw.setdefault("logger", False)
+    kw.setdefault("enable_checkpointing", False)
+    return ember.Trainer(**kw)
+
+
+def test_gradient_accumulation_matches_a_bigger_batch(blobs):
+    x, y = blobs
+    a, b = _net(), _net()
+    _trainer(max_epochs=1, seed=0).fit(a, make_loader(x, y, batch_size=40))
+    _trainer(max_epochs=1, seed=0, accumulate_grad_batches=2).fit(b, make_loader(x, y, batch_size=20))
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_clipping_bounds_the_update(blobs):
+    x, y = blobs
+    net = _net()
+    before = [p.detach().clone() for p in net.parameters()]
+    net._ember_compile.lr = 1.0
+    _trainer(max_steps=1, gradient_clip_val=1e-3).fit(net, make_loader(x * 100, y, batch_size=120))
+    step = torch.cat([(p - q).flatten() for p, q in zip(net.parameters(), before)])
+    assert step.norm() <= 1e-3 + 1e-6
+
+
+def test_max_steps_stops_mid_epoch(blobs):
+    x, y = blobs
+    trainer = _trainer(max_steps=5)
+    trainer.fit(_net(), make_loader(x, y, batch_size=10))
+    assert trainer.global_step == 5
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_scheduler_interval(blobs, interval):
+    x, y = blobs
+    net = ember.compile(
+        _net(),
+        "sgd",
+        "cross_entropy",
+        lr=1.0,
+        scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
+        scheduler_interval=interval,
+    )
+    trainer = _trainer(max_epochs=2)
+    history = trainer.fit(net, make_loader(x, y, batch_size=60))
+    steps = {"epoch": 2, "step": 4}[interval]
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.5**steps)
+    # History records the rate at the end of each epoch, before the epoch's scheduler step.
+    assert history.history["lr"] == pytest.approx({"epoch": [1.0, 0.5], "step": [0.25, 0.0625]}[interval])
+
+
+def test_reduce_lr_on_plateau_reads_the_monitor(blobs):
+    x, y = blobs
+    net = ember.compile(
+        _net(),
+        "sgd",
+        "cross_entropy",
+        lr=0.0,  # nothing improves, so the plateau scheduler must cut the rate
+        scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5),
+        scheduler_monitor="val_loss",
+    )
+    net._ember_compile.optimizer = torch.optim.SGD(net.parameters(), lr=1.0, momentum=0.0)
+    for g in net._ember_compile.optimizer.param_groups:
+        g["lr"] = 0.0
+    loader = make_loader(x, y, batch_size=60)
+    trainer = _trainer(max_epochs=3)
+    trainer.fit(net, loader, loader)
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.0
+
+
+def test_reduce_lr_on_plateau_without_validation_names_the_monitor(blobs):
+    x, y = blobs
+    net = ember.compile(
+        _net(),
+        "sgd",
+        "cross_entropy",
+        scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
+    )
+    with pytest.raises(KeyError, match="monitors 'val_loss', which was not logged. Available: loss, lr"):
+        _trainer(max_epochs=1).fit(net, make_loader(x, y, batch_size=60))
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_trains_on_cpu(blobs, precision):
+    x, y = blobs
+    net = _net()
+    history = _trainer(max_epochs=3, precision=precision, seed=0).fit(net, make_loader(x, y, batch_size=30))
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
+def test_seed_makes_runs_reproducible(blobs):
+    x, y = blobs
+    nets = []
+    for seed in (123, 123, 124):
+        torch.manual_seed(0)  # same initial weights; the Trainer's seed drives dropout and shuffling
+        net = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3))
+        ember.compile(net, "adam", "cross_entropy")
+        _trainer(max_epochs=2, seed=seed).fit(net, make_loader(x, y, batch_size=16, shuffle=True))
+        nets.append(net)
+    same = [torch.equal(p, q) for p, q in zip(nets[0].parameters(), nets[1].parameters())]
+    other = [torch.equal(p, q) for p, q in zip(nets[0].parameters(), nets[2].parameters())]
+    assert all(same) and not any(other)
+
+
+def test_deterministic_flag_turns_on_torch_determinism(blobs):
+    x, y = blobs
+    try:
+        _trainer(max_epochs=1, deterministic=True).fit(_net(), make_loader(x, y))
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.e2e
+def test_torch_compile(blobs):
+    x, y = blobs
+    history = _trainer(max_epochs=1, compile=True).fit(_net(), make_loader(x, y, batch_size=60))
+    assert history.history["loss"][0] > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"precision": "fp8"}, "Unknown precision 'fp8'. Choose one of: 32, 16-mixed, bf16-mixed"),
+        ({"accelerator": "tpu"}, "Unknown accelerator 'tpu'. Choose one of: auto, cpu, cuda, mps"),
+        ({"accumulate_grad_batches": 0}, "accumulate_grad_batches=0"),
+        ({"gradient_clip_algorithm": "l1"}, "Choose one of: norm, value"),
+        ({"callbacks": [object()]}, "must be an ember Callback"),
+    ],
+)
+def test_bad_trainer_arguments(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        ember.Trainer(**kwargs)
+
+
+def test_resumable_sampler_shards_and_skips():
+    full = ResumableSampler(10, shuffle=True, seed=3)
+    full.set_epoch(2)
+    order = list(full)
+    assert sorted(order) == list(range(10))
+    again = ResumableSampler(10, shuffle=True, seed=3)
+    again.set_epoch(2)
+    again.set_start(4)
+    assert list(again) == order[4:]
+    assert list(again) == order  # the skip applies to one pass only
+    ranks = [ResumableSampler(10, shuffle=True, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for s in ranks:
+        s.set_epoch(2)
+    assert sorted(list(ranks[0]) + list(ranks[1])) == list(range(10))
