@@ -47,7 +47,7 @@ def __getattr__(name: str):
 
         return getattr(package, name)
     if name == "export":
-        from ember.export import export
+        import ember.export  # a callable module: ember.export(pkg, ["onnx"]) and ember.export.TARGETS
 
-        return export
+        return ember.export
     raise AttributeError(f"module 'ember' has no attribute {name!r}")

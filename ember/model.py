@@ -226,4 +226,5 @@ def _quiet_trainer(model: Model):
         logger=False,
         enable_progress_bar=False,
         enable_checkpointing=False,
+        enable_report=False,
     )

@@ -1,7 +1,6 @@
 """Exact resume: a run stopped at any step and resumed ends bit-identical to an uninterrupted run."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -73,13 +72,17 @@ def test_killed_process_resumes_bit_identical(tmp_path):
     b = torch.load(tmp_path / "cut.pt", weights_only=True)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert json.loads((tmp_path / "full.json").read_text()) == json.loads((tmp_path / "cut.json").read_text())
+    assert json.loads((tmp_path / "full.json").read_text()) == json.loads(
+        (tmp_path / "cut.json").read_text()
+    )
 
 
 def _in_process(tmp_path, stop_at=None, resume=False):
     (x, y), _ = ember.load_digits(images=False)
     torch.manual_seed(1)
-    net = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 10))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(64, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 10)
+    )
     ember.compile(net, "sgd", "cross_entropy", lr=0.05)
 
     class Stop(ember.Callback):
@@ -109,7 +112,9 @@ def test_stop_at_any_step_and_resume(tmp_path, stop_at):
     ref, ref_history = _in_process(tmp_path / "ref")
     _in_process(tmp_path / "cut", stop_at=stop_at)
     net, history = _in_process(tmp_path / "cut", resume=True)
-    assert all(torch.equal(p, q) for p, q in zip(ref.state_dict().values(), net.state_dict().values()))
+    assert all(
+        torch.equal(p, q) for p, q in zip(ref.state_dict().values(), net.state_dict().values())
+    )
     assert history.history == ref_history.history
 
 
@@ -133,7 +138,9 @@ def test_last_skips_an_incomplete_checkpoint(tmp_path):
     (half / "weights.safetensors").write_bytes(b"partial")  # no meta.json: never completed
     ref, _ = _in_process(tmp_path / "ref")
     net, _ = _in_process(tmp_path / "run", resume=True)
-    assert all(torch.equal(p, q) for p, q in zip(ref.state_dict().values(), net.state_dict().values()))
+    assert all(
+        torch.equal(p, q) for p, q in zip(ref.state_dict().values(), net.state_dict().values())
+    )
 
 
 def test_checkpoint_of_another_model_names_the_mismatch(tmp_path):
@@ -145,5 +152,3 @@ def test_checkpoint_of_another_model_names_the_mismatch(tmp_path):
         ember.Trainer(max_epochs=1, enable_progress_bar=False, logger=False).fit(
             other, ember.data.make_loader(x, y), ckpt_path=last
         )
-
-

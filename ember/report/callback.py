@@ -1,0 +1,153 @@
+"""`ReportCallback`: write `report.html` (and `confusion.json`) into the run directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ember.train.callbacks import Callback
+from ember.train.steps import split_batch
+
+if TYPE_CHECKING:
+    from ember.train.trainer import Trainer
+
+__all__ = ["ReportCallback", "confusion_matrix"]
+
+log = logging.getLogger(__name__)
+
+
+class ReportCallback(Callback):
+    """Write the training report into the run directory when `fit` ends, or stops with an error.
+
+    For a classifier (outputs `(N, C)` with C >= 2, integer targets) it first runs the model over
+    the validation data and writes `confusion.json`, which the report shows as a confusion matrix
+    with per-class precision and recall. A report that cannot be written is logged, never raised:
+    it must not fail a run or hide the run's own error.
+
+    Args:
+        filename: the report's file name inside the run directory.
+        package_dir: a model package of this run whose export parity table to show.
+        confusion: compute the confusion matrix on the validation data.
+
+    Example:
+        >>> trainer = ember.Trainer(max_epochs=3, callbacks=[ReportCallback(package_dir="pkg")])
+    """
+
+    def __init__(
+        self,
+        filename: str = "report.html",
+        package_dir: str | os.PathLike | None = None,
+        confusion: bool = True,
+    ) -> None:
+        if not isinstance(filename, str) or not filename or "/" in filename:
+            raise ValueError(
+                f"Received an invalid value for `filename`, expected a file name such as "
+                f"'report.html'. Received: filename={filename!r}"
+            )
+        self.filename = filename
+        self.package_dir = package_dir
+        self.confusion = confusion
+        self.path: Path | None = None
+
+    def on_fit_end(self, trainer: Trainer, module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        if self.confusion:
+            try:
+                _write_confusion(trainer, module)
+            except Exception as exc:  # the rest of the report is still worth writing
+                log.warning("No confusion matrix in the report: %s: %s", type(exc).__name__, exc)
+        self._write(trainer, status=None)
+
+    def on_exception(self, trainer: Trainer, module: Any, error: BaseException) -> None:
+        if trainer.is_global_zero:
+            self._write(trainer, status=f"Training stopped: {type(error).__name__}: {error}")
+
+    def _write(self, trainer: Trainer, status: str | None) -> None:
+        try:
+            import matplotlib  # noqa: F401  (the report extra)
+        except ImportError:
+            log.info("No report.html: matplotlib is missing (pip install 'ember[report]').")
+            return
+        from ember.report.html import write_report
+
+        package = self.package_dir
+        if package is not None and not (Path(package) / "ember.json").is_file():
+            log.warning("Report without a parity table: %s is not a model package yet", package)
+            package = None
+        try:
+            self.path = write_report(
+                trainer.log_dir, trainer.log_dir / self.filename, package, status=status
+            )
+        except Exception as exc:
+            log.warning("Could not write the training report: %s: %s", type(exc).__name__, exc)
+
+
+def confusion_matrix(
+    predictions: torch.Tensor, targets: torch.Tensor, num_classes: int
+) -> list[list[int]]:
+    """Counts of (true class, predicted class) pairs.
+
+    Args:
+        predictions: predicted class indices, shape `(N,)`.
+        targets: true class indices, shape `(N,)`.
+        num_classes: the number of classes C.
+
+    Returns:
+        A C x C list of lists: row = true class, column = predicted class.
+
+    Example:
+        >>> confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), 2)
+        [[1, 1], [0, 1]]
+    """
+    index = targets.long() * num_classes + predictions.long()
+    counts = torch.bincount(index, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).tolist()
+
+
+def _write_confusion(trainer: Trainer, module: Any) -> None:
+    loader = getattr(trainer, "val_loader", None)
+    if loader is None:
+        return
+    outputs, targets = _predict(module, loader, trainer.device)
+    if outputs is None or outputs.dim() != 2 or outputs.shape[1] < 2 or targets is None:
+        return  # not a classifier: no confusion matrix
+    if targets.dim() != 1 or targets.is_floating_point():
+        return
+    num_classes = outputs.shape[1]
+    if targets.min() < 0 or targets.max() >= num_classes:
+        return
+    matrix = confusion_matrix(outputs.argmax(dim=1), targets, num_classes)
+    labels = getattr(module, "labels", None)
+    labels = [str(x) for x in labels] if labels is not None else list(range(num_classes))
+    data = {"labels": labels, "matrix": matrix}
+    (trainer.log_dir / "confusion.json").write_text(json.dumps(data))
+
+
+def _predict(module: Any, loader: Any, device: torch.device) -> tuple[Any, Any]:
+    # The raw module (not a DDP wrapper): this runs on rank 0 only, without collectives.
+    outputs, targets = [], []
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                x, y = split_batch(batch)
+                if y is None or not isinstance(y, torch.Tensor):
+                    return None, None
+                x = tuple(t.to(device) for t in x) if isinstance(x, tuple) else x.to(device)
+                out = module(*x) if isinstance(x, tuple) else module(x)
+                if not isinstance(out, torch.Tensor):
+                    return None, None
+                outputs.append(out.detach().float().cpu())
+                targets.append(y.cpu())
+    finally:
+        module.train(was_training)
+    if not outputs:
+        return None, None
+    return torch.cat(outputs), torch.cat(targets)

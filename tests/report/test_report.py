@@ -1,0 +1,222 @@
+"""The training report: real runs, a headless browser, crashed runs, bad input."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import ember
+from ember.report import ReportCallback, ReportError, confusion_matrix, load_run, write_report
+from ember.train.history import History
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+class Net(torch.nn.Module):
+    """4 features -> 3 classes; `blow_up` makes the output infinite (a diverging run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+        )
+        self.blow_up = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return out * float("inf") if self.blow_up else out
+
+
+class BlowUpAfterFirstEpoch(ember.Callback):
+    def on_epoch_end(self, trainer, module, logs):
+        module.blow_up = True
+
+
+def _loaders(n: int = 96) -> tuple[DataLoader, DataLoader]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    split = n * 3 // 4
+    return (
+        DataLoader(TensorDataset(x[:split], y[:split]), batch_size=16, shuffle=True),
+        DataLoader(TensorDataset(x[split:], y[split:]), batch_size=16),
+    )
+
+
+def _fit(tmp_path: Path, epochs: int, callbacks: list) -> ember.Trainer:
+    net = ember.compile(Net(), "adam", "cross_entropy", ["accuracy"], lr=0.05)
+    trainer = ember.Trainer(
+        max_epochs=epochs,
+        default_root_dir=tmp_path / "runs",
+        name="tiny",
+        seed=0,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        callbacks=callbacks,
+    )
+    train, val = _loaders()
+    trainer.fit(net, train, val)
+    return trainer
+
+
+def _series(page: str) -> list[dict]:
+    """Every plotted line: its data attributes and the y coordinates of its SVG path."""
+    found = []
+    # Matches the file as written (single-quoted data) and chromium's DOM dump (double-quoted).
+    pattern = r'<g id="(series-[^"]+)" class="series"([^>]*)>\s*<path d="([^"]+)"'
+    for match in re.finditer(pattern, page):
+        attrs = re.findall(r"""data-([\w-]+)=(?:'([^']*)'|"([^"]*)")""", match.group(2))
+        data = {k: json.loads(html.unescape(v1 or v2)) for k, v1, v2 in attrs}
+        points = re.findall(r"[ML] ([-\d.e]+) ([-\d.e]+)", match.group(3))
+        data["svg_x"] = [float(px) for px, _ in points]
+        data["svg_y"] = [float(py) for _, py in points]
+        found.append(data)
+    return found
+
+
+def _assert_drawn_at(values: list[float], coords: list[float]) -> None:
+    # The path's coordinates must be an affine image of the values (a linear axis): fit it on
+    # all points and require every point to sit on the line.
+    assert len(values) == len(coords) >= 3
+    a, b = np.polyfit(values, coords, 1)
+    assert np.allclose(np.polyval([a, b], values), coords, atol=0.05), (values, coords)
+
+
+def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ]
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
+def test_report_of_a_short_run_opens_in_chromium_and_plots_the_history(tmp_path: Path) -> None:
+    trainer = _fit(tmp_path, epochs=4, callbacks=[ReportCallback()])
+    report = trainer.log_dir / "report.html"
+    assert report.is_file()
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    shot.unlink(missing_ok=True)
+    url = report.resolve().as_uri()
+    _chromium([f"--screenshot={shot}", "--window-size=1200,3000", url], tmp_path)
+    pixels = __import__("matplotlib.image", fromlist=["imread"]).imread(shot)
+    assert pixels.shape[:2] == (3000, 1200) and pixels[..., :3].std() > 0.05  # not a blank page
+
+    dom = _chromium(["--dump-dom", url], tmp_path).stdout  # the page as the browser parsed it
+    history = json.loads((trainer.log_dir / "history.json").read_text())
+    lines = {s["metric"]: s for s in _series(dom) if "metric" in s}
+    for key in ("loss", "val_loss", "accuracy", "val_accuracy", "lr"):
+        assert lines[key]["values"] == pytest.approx(history["history"][key], rel=1e-9), key
+        assert lines[key]["epochs"] == [1, 2, 3, 4]
+        if key != "lr":  # lr is constant: any y works
+            _assert_drawn_at(lines[key]["values"], lines[key]["svg_y"])
+    best = 1 + int(np.argmin(history["history"]["val_loss"]))
+    assert lines["val_loss"]["best"] == best
+    embedded = re.search(r'id="ember-report-data">(.*?)</script>', dom, re.S).group(1)
+    assert json.loads(embedded)["runs"][0]["history"] == history["history"]
+    confusion = json.loads((trainer.log_dir / "confusion.json").read_text())
+    assert sum(map(sum, confusion["matrix"])) == 24  # every validation sample, once
+    assert "per-class" in dom and "gradient norm per layer" in dom
+
+
+def test_crashed_run_still_gets_a_report(tmp_path: Path) -> None:
+    with pytest.raises(FloatingPointError):
+        _fit(tmp_path, epochs=5, callbacks=[BlowUpAfterFirstEpoch(), ReportCallback()])
+    run = tmp_path / "runs" / "tiny" / "version_0"
+    page = (run / "report.html").read_text()
+    assert "Training stopped: FloatingPointError" in page
+    assert "1 of 5 planned (stopped early)" in page
+    loss = next(s for s in _series(page) if s.get("metric") == "loss")
+    assert loss["values"] == pytest.approx(load_run(run).history["loss"])
+    assert len(loss["values"]) == 1
+
+
+def test_a_directory_that_is_not_a_run_says_what_was_looked_for(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(
+        ReportError, match=r"not a training run.*history\.json.*run\.json.*notes\.txt"
+    ):
+        write_report(tmp_path)
+    (tmp_path / "version_0").mkdir()
+    with pytest.raises(ReportError, match="It holds runs: version_0; pass one of those"):
+        write_report(tmp_path)
+    with pytest.raises(ReportError, match="does not exist"):
+        write_report(tmp_path / "missing")
+    with pytest.raises(ReportError, match="at least one run directory"):
+        write_report([])
+
+
+def _fake_run(path: Path, losses: list[float], lr: float) -> Path:
+    history = History()
+    for epoch, loss in enumerate(losses):
+        norms = {
+            "norm/weight/fc.weight": 3.0,
+            "norm/weight/fc.bias": 4.0,
+            "norm/grad/fc.weight": 0.1,
+        }
+        info = {"epoch_time": 0.5, "samples_per_sec": 100.0 + epoch, "norms": norms}
+        history.append(epoch, {"loss": loss, "val_loss": loss + 0.1, "lr": lr}, info)
+    path.mkdir(parents=True)
+    history.write(path / "history.json")
+    record = {"hparams": {"lr": lr, "max_epochs": len(losses)}, "model": "Net", "summary": "fc"}
+    (path / "run.json").write_text(json.dumps(record))
+    return path
+
+
+def test_several_runs_overlay_with_a_parity_table(tmp_path: Path) -> None:
+    a = _fake_run(tmp_path / "runs" / "a" / "version_0", [1.0, 0.6, 0.5], lr=0.1)
+    b = _fake_run(tmp_path / "runs" / "b" / "version_3", [0.9, 0.7, 0.2], lr=0.01)
+    package = tmp_path / "pkg"
+    package.mkdir()
+    targets = {"onnx": {"max_abs_diff": 1.5e-7, "top1_agreement": 1.0, "file": "model.onnx"}}
+    (package / "ember.json").write_text(json.dumps({"name": "tiny", "targets": targets}))
+
+    out = write_report([a, b], tmp_path / "compare.html", package_dir=package)
+    page = out.read_text()
+    losses = {s["run"]: s["values"] for s in _series(page) if s.get("metric") == "loss"}
+    assert losses == {"a/version_0": [1.0, 0.6, 0.5], "b/version_3": [0.9, 0.7, 0.2]}
+    assert "1.5e-07" in page and "model.onnx" in page
+    assert '<tr class="differs"><td>lr</td>' in page
+    # layer norm = norm of all its parameters together: sqrt(3^2 + 4^2)
+    weight = next(s for s in _series(page) if s.get("layer") == "fc" and s.get("kind") == "weight")
+    assert weight["values"] == pytest.approx([5.0, 5.0, 5.0])
+    # self-contained: nothing fetched from the network
+    assert not re.search(r'(src|href)="https?:|<link|url\(http|@import', page)
+
+
+def test_package_without_manifest_is_rejected(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path / "run", [1.0], lr=0.1)
+    with pytest.raises(ReportError, match="no ember.json"):
+        write_report(run, package_dir=tmp_path)
+
+
+def test_run_without_finished_epochs_gets_a_report(tmp_path: Path) -> None:
+    (tmp_path / "run.json").write_text(json.dumps({"model": "Net", "hparams": {"max_epochs": 3}}))
+    page = write_report(tmp_path).read_text()
+    assert "<td>none</td>" in page and "series" not in page
+
+
+def test_confusion_matrix_counts_true_rows_predicted_columns() -> None:
+    matrix = confusion_matrix(torch.tensor([0, 2, 2, 1]), torch.tensor([0, 2, 1, 1]), 3)
+    assert matrix == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+
+
+def test_report_callback_rejects_a_path_as_filename() -> None:
+    with pytest.raises(ValueError, match="Received: filename='a/b.html'"):
+        ReportCallback(filename="a/b.html")
