@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Logger", "TensorBoardLogger", "CSVLogger", "next_version"]
+__all__ = ["Logger", "TensorBoardLogger", "CSVLogger", "next_version", "share_version"]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,28 @@ def next_version(root: Path) -> int:
         if (m := re.fullmatch(r"version_(\d+)", p.name))
     ]
     return max(found, default=-1) + 1
+
+
+def share_version(loggers: list[Logger]) -> None:
+    """Give loggers of one experiment (same `save_dir` and `name`) the first one's version.
+
+    Without this, a TensorBoardLogger and a CSVLogger of one run would each take the next free
+    number and write into two different `version_N` directories.
+
+    Args:
+        loggers: the run's loggers; those with `version=None` are updated in place.
+
+    Example:
+        >>> tb, csv = TensorBoardLogger("runs"), CSVLogger("runs")
+        >>> share_version([tb, csv]); assert tb.log_dir == csv.log_dir
+    """
+    versions: dict[Path, Any] = {}
+    for logger in loggers:
+        if logger.version is None and logger.root_dir in versions:
+            logger.version = versions[logger.root_dir]
+        elif logger.root_dir not in versions:
+            logger.log_dir  # resolves (and creates) the version directory
+            versions[logger.root_dir] = logger.version
 
 
 class Logger:
@@ -108,8 +130,12 @@ class TensorBoardLogger(Logger):
     def log_graph(self, model: nn.Module, example_input: Any) -> None:
         if not self.log_graph_enabled:
             return
+        import warnings
+
         try:
-            self._writer.add_graph(model, example_input)
+            with warnings.catch_warnings():  # the trace is only drawn: shape checks are harmless
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                self._writer.add_graph(model, example_input)
         except Exception as exc:  # tracing fails for some models; the run must go on
             log.warning("TensorBoard graph not written: the model could not be traced (%s).", exc)
 

@@ -160,13 +160,18 @@ def epoch_train_logs(trainer: Trainer, program: Program) -> dict[str, float]:
     return logs
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP-sharded DTensor (collective), else `t`."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def epoch_info(trainer: Trainer, program: Program) -> dict[str, Any]:
     seconds = time.monotonic() - trainer._epoch_start
     norms = {}
     for name, p in program.module.named_parameters():
-        norms[f"norm/weight/{name}"] = float(p.detach().float().norm())
+        norms[f"norm/weight/{name}"] = float(_full(p.detach()).float().norm())
         if p.grad is not None:
-            norms[f"norm/grad/{name}"] = float(p.grad.detach().float().norm())
+            norms[f"norm/grad/{name}"] = float(_full(p.grad.detach()).float().norm())
     return {
         "epoch_time": seconds,
         "samples_per_sec": trainer._epoch_samples / seconds if seconds > 0 else 0.0,
@@ -180,12 +185,15 @@ def save(trainer: Trainer, path: Path, epoch_done: bool) -> Path:
     from ember.train.checkpoint import save_checkpoint
     from ember.train.rng import get_rng_state
 
-    module = trainer._program.module
-    trainer.strategy.barrier()
+    module, strategy = trainer._program.module, trainer.strategy
+    strategy.barrier()
+    # Gathering sharded (FSDP) state is collective: every rank takes part, rank 0 writes.
+    model_state = strategy.model_state_dict(module)
+    optimizer_state = strategy.optimizer_state_dict(module, trainer.optimizer)
     if trainer.is_global_zero:
         metric_state = _metric_states(module) if not epoch_done else {}
         trainer_state = {
-            "optimizer": trainer.optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
             "scaler": trainer.precision.scaler.state_dict() if trainer.precision.scaler else None,
             "rng": get_rng_state(),
@@ -209,7 +217,6 @@ def save(trainer: Trainer, path: Path, epoch_done: bool) -> Path:
             "logged_metrics": trainer.logged_metrics,
             "time": time.time(),
         }
-        model_state = module.state_dict()
         save_checkpoint(path, model_state=model_state, trainer_state=trainer_state, meta=meta)
     trainer.strategy.barrier()
     return path
@@ -221,7 +228,9 @@ def find_checkpoint(trainer: Trainer, ckpt_path: str | Path) -> Any:
 
     if str(ckpt_path) != "last":
         return load_checkpoint(Path(ckpt_path))
-    found = _find_last_run(trainer, find_last)
+    # Rank 0 chooses, so every rank resumes from the same checkpoint.
+    found = _find_last_run(trainer, find_last) if trainer.is_global_zero else None
+    found = trainer.strategy.broadcast(found)
     if found is None:
         log.warning(
             "ckpt_path='last': no complete checkpoint under %s; starting fresh.",
@@ -269,8 +278,10 @@ def restore(trainer: Trainer, program: Program, ckpt: Any) -> None:
         raise ValueError(
             f"{ckpt.path} is not a training checkpoint (format {meta.get('format')!r})."
         )
-    _load_model_state(program.module, ckpt.model_state, ckpt.path)
-    trainer.optimizer.load_state_dict(state["optimizer"])
+    _load_model_state(trainer.strategy, program.module, ckpt.model_state, ckpt.path)
+    trainer.strategy.load_optimizer_state_dict(
+        program.module, trainer.optimizer, state["optimizer"]
+    )
     if trainer.scheduler is not None and state["scheduler"] is not None:
         trainer.scheduler.load_state_dict(state["scheduler"])
     if trainer.precision.scaler is not None and state["scaler"] is not None:
@@ -297,9 +308,11 @@ def restore(trainer: Trainer, program: Program, ckpt: Any) -> None:
     )
 
 
-def _load_model_state(module: torch.nn.Module, model_state: dict, path: Path) -> None:
+def _load_model_state(
+    strategy: Any, module: torch.nn.Module, model_state: dict, path: Path
+) -> None:
     try:
-        module.load_state_dict(model_state)
+        strategy.load_model_state_dict(module, model_state)
     except RuntimeError as exc:
         raise ValueError(f"The checkpoint {path} does not fit this model: {exc}") from exc
 
@@ -333,6 +346,23 @@ def _load_metric_states(module: Any, saved: dict) -> None:
             setattr(metric, k, v)
 
 
+def share_run_dir(trainer: Trainer) -> None:
+    """Give every rank rank 0's run directory (version numbers), so all write to the same run."""
+    if trainer.is_global_zero:
+        from ember.train.loggers import share_version
+
+        share_version(trainer.loggers)  # a TensorBoard and a CSV logger: one version directory
+    if trainer.strategy.world_size == 1:
+        return
+    runs = {id(trainer._run_dir): trainer._run_dir, **{id(x): x for x in trainer.loggers}}
+    if trainer.is_global_zero:
+        for run in runs.values():
+            _ = run.log_dir  # resolves (and creates) the version
+    versions = trainer.strategy.broadcast([r.version for r in runs.values()])
+    for run, version in zip(runs.values(), versions):
+        run.version = version
+
+
 def write_run_record(trainer: Trainer, program: Program, loader: Any) -> None:
     """`run.json`: what the report shows besides the history (hparams, model summary)."""
     record = {
@@ -341,6 +371,8 @@ def write_run_record(trainer: Trainer, program: Program, loader: Any) -> None:
         "started": time.time(),
     }
     try:
+        if trainer.strategy.shards_parameters:
+            raise RuntimeError("a sharded model runs forward on every rank together")
         from ember.summary import summary
 
         record["summary"] = summary(

@@ -43,8 +43,8 @@ class Program:
         if cfg is None:
             raise RuntimeError(
                 f"{type(self.module).__name__} has no optimizer: call "
-                "ember.compile(model, optimizer='adam', loss='cross_entropy') first, or define "
-                "configure_optimizers()."
+                "model.compile(optimizer='adam', loss='cross_entropy') (for a plain torch module: "
+                "ember.compile(module, ...)) first, or define configure_optimizers()."
             )
         return build_optimizers(self.module, cfg)
 

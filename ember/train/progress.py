@@ -46,8 +46,9 @@ class ProgressBar(Callback):
         from rich.console import Console  # lazy: rich is only needed when a bar is shown
 
         stream = self.stream or sys.stdout
-        self._console = Console(file=stream, highlight=False)
-        if self._console.is_terminal and not self._console.is_dumb_terminal:
+        # Other ranks of a distributed run stay quiet: one bar, one set of lines.
+        self._console = Console(file=stream, highlight=False, quiet=not trainer.is_global_zero)
+        if trainer.is_global_zero and self._console.is_terminal and not self._console.is_dumb_terminal:
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,

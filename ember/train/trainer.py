@@ -16,7 +16,7 @@ from ember.train.distributed import get_strategy
 from ember.train.history import History
 from ember.train.loggers import Logger, TensorBoardLogger
 from ember.train.model_checkpoint import ModelCheckpoint
-from ember.train.precision import Precision, resolve_device
+from ember.train.precision import Precision
 from ember.train.program import Program
 
 __all__ = ["Trainer"]
@@ -31,7 +31,11 @@ class Trainer:
         max_epochs: epochs to train (default 1000 when `max_steps` is not set either).
         max_steps: stop after this many optimizer steps.
         accelerator: "auto", "cpu", "cuda" or "mps".
-        strategy: "auto" (one process) - see docs/distributed.md for "ddp" and "fsdp".
+        strategy: "auto", "single_device", "ddp", "fsdp" or a Strategy object (DDPStrategy(...)):
+            see docs/distributed.md. "auto" is DDP when more than one process runs.
+        devices: processes (devices) per node, or "auto" (torchrun's count, else 1). Outside
+            torchrun, devices > 1 re-runs the script in that many processes.
+        num_nodes: machines in the job (start multi-node jobs with torchrun).
         precision: "32", "16-mixed" or "bf16-mixed".
         accumulate_grad_batches: batches per optimizer step.
         gradient_clip_val: clip the gradient norm (or values, see `gradient_clip_algorithm`).
@@ -46,6 +50,7 @@ class Trainer:
         log_every_n_steps: how often the per-step training loss is logged.
         enable_progress_bar: show a progress bar (plain lines when not a TTY).
         enable_checkpointing: add a `ModelCheckpoint` (last + best) when none is given.
+        enable_report: write `report.html` (curves, confusion matrix, norms) into the run dir.
         terminate_on_nan: stop with an error when the loss becomes NaN or infinite.
         limit_train_batches: use only this many batches per epoch (for quick runs).
 
@@ -59,7 +64,9 @@ class Trainer:
         max_epochs: int | None = None,
         max_steps: int | None = None,
         accelerator: str = "auto",
-        strategy: str = "auto",
+        strategy: Any = "auto",
+        devices: int | str = "auto",
+        num_nodes: int = 1,
         precision: Any = "32",
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
@@ -74,6 +81,7 @@ class Trainer:
         log_every_n_steps: int = 50,
         enable_progress_bar: bool = True,
         enable_checkpointing: bool = True,
+        enable_report: bool = True,
         terminate_on_nan: bool = True,
         limit_train_batches: int | None = None,
     ) -> None:
@@ -86,8 +94,8 @@ class Trainer:
         if max_epochs is None and max_steps is None:
             max_epochs = 1000
         self.max_epochs, self.max_steps = max_epochs, max_steps
-        self.device = resolve_device(accelerator)
-        self.strategy = get_strategy(strategy, self.device)
+        self.strategy = get_strategy(strategy, accelerator, devices, num_nodes)
+        self.device = self.strategy.device
         self.precision = Precision(precision, self.device)
         self.accumulate_grad_batches = accumulate_grad_batches
         self.gradient_clip_val = gradient_clip_val
@@ -100,7 +108,10 @@ class Trainer:
         self.limit_train_batches = limit_train_batches
         self.loggers = _make_loggers(logger, default_root_dir, name)
         self._run_dir = self.loggers[0] if self.loggers else Logger(default_root_dir, name)
-        self.callbacks = _default_callbacks(callbacks, enable_progress_bar, enable_checkpointing)
+        progress = enable_progress_bar and self.strategy.is_global_zero
+        self.callbacks = _default_callbacks(
+            callbacks, progress, enable_checkpointing, enable_report and self.strategy.is_global_zero
+        )
         self.history = History()
         self.current_epoch = 0
         self.global_step = 0
@@ -110,6 +121,8 @@ class Trainer:
         self.at_step_boundary = True
         self.logged_metrics: dict[str, float] = {}
         self.optimizer: torch.optim.Optimizer | None = None
+        self.train_loader: Any = None
+        self.val_loader: Any = None
         self.hparams: dict[str, Any] = {}
 
     # -- public properties used by callbacks ------------------------------------------------------
@@ -148,11 +161,13 @@ class Trainer:
         """
         program = Program(model)
         ckpt = loop_state.find_checkpoint(self, ckpt_path) if ckpt_path is not None else None
+        loop_state.share_run_dir(self)
         self._setup_run(ckpt)
         train_loader = loop_state.prepare_loader(self, train_data, shuffle=True)
         val_loader = None
         if val_data is not None:
             val_loader = loop_state.prepare_loader(self, val_data, shuffle=False)
+        self.train_loader, self.val_loader = train_loader, val_loader
         self._setup_model(program, train_loader)
         if ckpt is not None:
             loop_state.restore(self, program, ckpt)
@@ -197,6 +212,7 @@ class Trainer:
         self._program = program
         loop_state.materialize(program.module, train_loader, self.device)
         program.forward_module = self.strategy.setup_module(program.module)
+        program.train_step = self.strategy.wrap_step(program.module, program.train_step)
         if self.compile:
             program.module.compile()
         self.optimizer, self.scheduler, self.scheduler_interval, self.scheduler_monitor = (
@@ -282,8 +298,9 @@ class Trainer:
         self.logged_metrics.update(logs)
         self.log_metrics(logs, step=self.current_epoch)
         self.log_metrics(info["norms"], step=self.current_epoch)
-        for logger in self.loggers:
-            logger.log_histograms(program.module, self.current_epoch)
+        if self.is_global_zero and not self.strategy.shards_parameters:
+            for logger in self.loggers:
+                logger.log_histograms(program.module, self.current_epoch)
         self._step_epoch_scheduler(logs)
         if self.is_global_zero:
             self.history.write(self.log_dir / "history.json")
@@ -365,7 +382,7 @@ class Trainer:
         for logger in self.loggers:
             logger.start(resume_step=self.global_step if resumed else None)
             logger.log_hyperparams(self.hparams)
-            if not resumed:
+            if not resumed and not self.strategy.shards_parameters:  # rank 0 alone cannot gather
                 logger.log_graph(program.module, loop_state.example_input(loader, self.device))
 
     def _finish_logging(self, final: bool) -> None:
@@ -407,7 +424,9 @@ def _make_loggers(logger: Any, root: str | Path, name: str) -> list[Logger]:
     return loggers
 
 
-def _default_callbacks(callbacks: Any, progress: bool, checkpointing: bool) -> list[Callback]:
+def _default_callbacks(
+    callbacks: Any, progress: bool, checkpointing: bool, report: bool
+) -> list[Callback]:
     from ember.train.progress import ProgressBar
 
     callbacks = list(callbacks or [])
@@ -418,6 +437,11 @@ def _default_callbacks(callbacks: Any, progress: bool, checkpointing: bool) -> l
         callbacks.insert(0, ProgressBar())
     if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
         callbacks.append(ModelCheckpoint())
+    if report:
+        from ember.report.callback import ReportCallback
+
+        if not any(isinstance(c, ReportCallback) for c in callbacks):
+            callbacks.append(ReportCallback())
     # Checkpoints last: they must capture the state every other callback updated this epoch.
     return [c for c in callbacks if not isinstance(c, ModelCheckpoint)] + [
         c for c in callbacks if isinstance(c, ModelCheckpoint)
