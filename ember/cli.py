@@ -70,7 +70,9 @@ def _training_options(p: argparse.ArgumentParser, epochs: int = 15) -> None:
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default 0.003)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--precision", default="32", help="32, 16-mixed or bf16-mixed (default 32)")
-    p.add_argument("--devices", default="auto", help="processes/devices; >1 trains with DDP")
+    p.add_argument("--devices", default="auto", help="processes/devices per node; >1 trains with DDP")
+    p.add_argument("--strategy", default="auto", help="auto, ddp or fsdp (default auto)")
+    p.add_argument("--num-nodes", type=_positive_int, default=1, help="machines (use torchrun)")
     p.add_argument("--output", type=Path, default=Path("demo_output"), help="output directory")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -99,6 +101,8 @@ def _train(args: argparse.Namespace) -> dict:
         progress=not args.no_progress,
         precision=args.precision,
         devices=devices,
+        strategy=args.strategy,
+        num_nodes=args.num_nodes,
     )
 
 
