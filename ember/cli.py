@@ -70,7 +70,9 @@ def _training_options(p: argparse.ArgumentParser, epochs: int = 15) -> None:
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default 0.003)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--precision", default="32", help="32, 16-mixed or bf16-mixed (default 32)")
-    p.add_argument("--devices", default="auto", help="processes/devices per node; >1 trains with DDP")
+    p.add_argument(
+        "--devices", default="auto", help="processes/devices per node; >1 trains with DDP"
+    )
     p.add_argument("--strategy", default="auto", help="auto, ddp or fsdp (default auto)")
     p.add_argument("--num-nodes", type=_positive_int, default=1, help="machines (use torchrun)")
     p.add_argument("--output", type=Path, default=Path("demo_output"), help="output directory")
@@ -199,49 +201,66 @@ def _add_serve(sub: Any) -> None:
     )
     p.add_argument("path", type=Path, help="repository, package directory or .onnx file")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    p.add_argument("--port", type=int, default=8080, help="REST port (default 8080; 0 picks one)")
+    p.add_argument("--grpc-port", type=int, default=8081, help="KServe v2 gRPC port (default 8081)")
+    p.add_argument("--no-grpc", action="store_true", help="do not serve gRPC")
     p.add_argument(
-        "--grpc-port", type=int, default=None, help="KServe v2 gRPC port (off by default)"
+        "--management-port", type=int, default=8082, help="management API port on 127.0.0.1"
+    )
+    p.add_argument("--no-management", action="store_true", help="do not serve the management API")
+    p.add_argument(
+        "--token-file", type=Path, default=None, help="management bearer token file (mode 0600)"
     )
     p.add_argument(
-        "--management-port", type=int, default=None, help="management API port (127.0.0.1)"
-    )
-    p.add_argument("--token-file", type=Path, default=None, help="management bearer token file")
-    p.add_argument(
-        "--poll-interval", type=float, default=2.0, help="seconds between repository scans"
+        "--poll-interval", type=float, default=2.0, help="seconds between repository scans; 0 = off"
     )
     p.add_argument(
-        "--max-batch-size", type=int, default=32, help="dynamic batching: max batch (default 32)"
+        "--max-batch-size", type=_positive_int, default=32, help="dynamic batching: max rows"
     )
     p.add_argument(
-        "--max-queue-delay-ms", type=float, default=2.0, help="dynamic batching: max wait"
+        "--max-queue-delay-ms", type=float, default=0.0, help="dynamic batching: max wait"
     )
     p.add_argument(
-        "--body-limit", type=int, default=64 * 1024 * 1024, help="max request body bytes"
+        "--adaptive-batching", action="store_true", help="size batches to keep p99 under target"
+    )
+    p.add_argument(
+        "--target-p99-ms", type=float, default=50.0, help="adaptive batching target (ms)"
+    )
+    p.add_argument(
+        "--body-limit", type=_positive_int, default=64 * 1024 * 1024, help="max request bytes"
     )
     p.add_argument(
         "--runtime", default="auto", help="auto (onnxruntime, else torch), onnxruntime, torch"
     )
+    p.add_argument("--grace-period", type=float, default=30.0, help="seconds to drain at shutdown")
+    p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=_cmd_serve)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from ember.serve import serve
 
-    serve(
+    if not args.path.exists():
+        raise ValueError(
+            f"{args.path} does not exist: pass a model repository, a package or a .onnx file."
+        )
+    return serve(
         args.path,
         host=args.host,
         port=args.port,
-        grpc_port=args.grpc_port,
-        management_port=args.management_port,
+        grpc_port=None if args.no_grpc else args.grpc_port,
+        management_port=None if args.no_management else args.management_port,
         token_file=args.token_file,
         poll_interval=args.poll_interval,
         max_batch_size=args.max_batch_size,
         max_queue_delay_ms=args.max_queue_delay_ms,
+        adaptive_batching=args.adaptive_batching,
+        target_p99_ms=args.target_p99_ms,
         body_limit=args.body_limit,
         runtime=args.runtime,
+        grace_period=args.grace_period,
+        access_log=args.access_log,
     )
-    return 0
 
 
 # -- report ---------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ def python_blocks(text: str) -> list[str]:
 
 
 def _pages_with_code() -> list[Path]:
-    return sorted(p for p in DOCS.glob("*.md") if python_blocks(p.read_text(encoding="utf-8")))
+    pages = sorted(DOCS.glob("*.md")) + [ROOT / "README.md"]
+    return [p for p in pages if python_blocks(p.read_text(encoding="utf-8"))]
 
 
 def test_block_extraction_honours_the_skip_mark() -> None:

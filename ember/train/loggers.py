@@ -44,7 +44,7 @@ def share_version(loggers: list[Logger]) -> None:
         if logger.version is None and logger.root_dir in versions:
             logger.version = versions[logger.root_dir]
         elif logger.root_dir not in versions:
-            logger.log_dir  # resolves (and creates) the version directory
+            _ = logger.log_dir  # resolves (and creates) the version directory
             versions[logger.root_dir] = logger.version
 
 

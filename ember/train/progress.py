@@ -48,7 +48,11 @@ class ProgressBar(Callback):
         stream = self.stream or sys.stdout
         # Other ranks of a distributed run stay quiet: one bar, one set of lines.
         self._console = Console(file=stream, highlight=False, quiet=not trainer.is_global_zero)
-        if trainer.is_global_zero and self._console.is_terminal and not self._console.is_dumb_terminal:
+        if (
+            trainer.is_global_zero
+            and self._console.is_terminal
+            and not self._console.is_dumb_terminal
+        ):
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -100,7 +104,9 @@ class ProgressBar(Callback):
         seconds = time.monotonic() - self._epoch_start
         epochs = trainer.max_epochs or "?"
         self._console.print(
-            f"Epoch {trainer.current_epoch + 1}/{epochs} - {seconds:.1f}s - {text}", markup=False
+            f"Epoch {trainer.current_epoch + 1}/{epochs} - {seconds:.1f}s - {text}",
+            markup=False,
+            soft_wrap=True,  # one line per epoch in log files, however many metrics
         )
 
     def on_fit_end(self, trainer: Trainer, module: Any) -> None:

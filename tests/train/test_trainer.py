@@ -24,7 +24,9 @@ def test_gradient_accumulation_matches_a_bigger_batch(blobs):
     x, y = blobs
     a, b = _net(), _net()
     _trainer(max_epochs=1, seed=0).fit(a, make_loader(x, y, batch_size=40))
-    _trainer(max_epochs=1, seed=0, accumulate_grad_batches=2).fit(b, make_loader(x, y, batch_size=20))
+    _trainer(max_epochs=1, seed=0, accumulate_grad_batches=2).fit(
+        b, make_loader(x, y, batch_size=20)
+    )
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
@@ -62,7 +64,9 @@ def test_scheduler_interval(blobs, interval):
     steps = {"epoch": 2, "step": 4}[interval]
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.5**steps)
     # History records the rate at the end of each epoch, before the epoch's scheduler step.
-    assert history.history["lr"] == pytest.approx({"epoch": [1.0, 0.5], "step": [0.25, 0.0625]}[interval])
+    assert history.history["lr"] == pytest.approx(
+        {"epoch": [1.0, 0.5], "step": [0.25, 0.0625]}[interval]
+    )
 
 
 def test_reduce_lr_on_plateau_reads_the_monitor(blobs):
@@ -72,7 +76,9 @@ def test_reduce_lr_on_plateau_reads_the_monitor(blobs):
         "sgd",
         "cross_entropy",
         lr=0.0,  # nothing improves, so the plateau scheduler must cut the rate
-        scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5),
+        scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, patience=0, factor=0.5
+        ),
         scheduler_monitor="val_loss",
     )
     net._ember_compile.optimizer = torch.optim.SGD(net.parameters(), lr=1.0, momentum=0.0)
@@ -92,7 +98,9 @@ def test_reduce_lr_on_plateau_without_validation_names_the_monitor(blobs):
         "cross_entropy",
         scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
     )
-    with pytest.raises(KeyError, match="monitors 'val_loss', which was not logged. Available: loss, lr"):
+    with pytest.raises(
+        KeyError, match="monitors 'val_loss', which was not logged. Available: loss, lr"
+    ):
         _trainer(max_epochs=1).fit(net, make_loader(x, y, batch_size=60))
 
 
@@ -100,7 +108,9 @@ def test_reduce_lr_on_plateau_without_validation_names_the_monitor(blobs):
 def test_mixed_precision_trains_on_cpu(blobs, precision):
     x, y = blobs
     net = _net()
-    history = _trainer(max_epochs=3, precision=precision, seed=0).fit(net, make_loader(x, y, batch_size=30))
+    history = _trainer(max_epochs=3, precision=precision, seed=0).fit(
+        net, make_loader(x, y, batch_size=30)
+    )
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert all(p.dtype == torch.float32 for p in net.parameters())
 
@@ -109,7 +119,9 @@ def test_seed_makes_runs_reproducible(blobs):
     x, y = blobs
     nets = []
     for seed in (123, 123, 124):
-        torch.manual_seed(0)  # same initial weights; the Trainer's seed drives dropout and shuffling
+        torch.manual_seed(
+            0
+        )  # same initial weights; the Trainer's seed drives dropout and shuffling
         net = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3))
         ember.compile(net, "adam", "cross_entropy")
         _trainer(max_epochs=2, seed=seed).fit(net, make_loader(x, y, batch_size=16, shuffle=True))

@@ -1,0 +1,114 @@
+"""Prometheus metrics of one server, in its own ``CollectorRegistry`` (never the global one).
+
+Label children are created once and cached, so the request hot path does one dict lookup and one
+``inc``/``observe`` per metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["ServeMetrics"]
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class ServeMetrics:
+    """Requests, latencies (queue, compute, total), batch sizes and loaded models.
+
+    Metric names: ``ember_requests_total{model,version,protocol,status}``,
+    ``ember_request_duration_seconds{model,version,protocol}``,
+    ``ember_queue_duration_seconds{model,version}``,
+    ``ember_compute_duration_seconds{model,version}``,
+    ``ember_batch_size{model,version}`` (rows per model call), ``ember_models_loaded{model}``
+    (versions serving).
+
+    Example:
+        >>> metrics = ServeMetrics()
+        >>> metrics.request("digits", 1, "kserve", 200, 0.002)
+        >>> b"ember_requests_total" in metrics.render()[0]
+        True
+    """
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._requests = Counter(
+            "ember_requests", "Inference requests.", ["model", "version", "protocol", "status"],
+            registry=r,
+        )  # fmt: skip
+        self._latency = Histogram(
+            "ember_request_duration_seconds", "Request latency, end to end in the server.",
+            ["model", "version", "protocol"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._queue = Histogram(
+            "ember_queue_duration_seconds", "Time a request waited in the batching queue.",
+            ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._compute = Histogram(
+            "ember_compute_duration_seconds", "Model call time per batch.",
+            ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._batch = Histogram(
+            "ember_batch_size", "Rows per model call (after dynamic batching).",
+            ["model", "version"], buckets=_BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._loaded = Gauge(
+            "ember_models_loaded", "Versions of the model that are serving.", ["model"], registry=r
+        )
+        self._children: dict[tuple, Any] = {}
+
+    def request(
+        self, model: str, version: int | str, protocol: str, status: int, seconds: float | None
+    ) -> None:
+        """Counts one request and observes its latency (``seconds`` None: count only).
+
+        Args:
+            model: model name ("" when the request named no known model).
+            version: version that served it ("" when none).
+            protocol: ``kserve``, ``kserve-grpc``, ``tfserving``, ``torchserve``.
+            status: HTTP status answered.
+            seconds: end-to-end time in the server.
+        """
+        key = (model, version, protocol, status)
+        children = self._children.get(key)
+        if children is None:
+            v = str(version)
+            children = self._children[key] = (
+                self._requests.labels(model, v, protocol, str(status)),
+                self._latency.labels(model, v, protocol),
+            )
+        children[0].inc()
+        if seconds is not None:
+            children[1].observe(seconds)
+
+    def observer(self, model: str, version: int) -> Callable[[int, list[float], float], None]:
+        """Returns the batch callback of one model version (queue, compute, batch size)."""
+        v = str(version)
+        queue = self._queue.labels(model, v)
+        compute = self._compute.labels(model, v)
+        batch = self._batch.labels(model, v)
+
+        def observe(rows: int, queued: list[float], seconds: float) -> None:
+            batch.observe(rows)
+            compute.observe(seconds)
+            for q in queued:
+                queue.observe(q)
+
+        return observe
+
+    def set_loaded(self, model: str, versions: int) -> None:
+        """Sets how many versions of ``model`` are serving."""
+        self._loaded.labels(model).set(versions)
+
+    def render(self) -> tuple[bytes, str]:
+        """Returns the exposition text and its content type for ``/metrics``."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,3 @@
+"""Generated KServe v2 gRPC modules (``inference.GRPCInferenceService``); see ``generate.py``."""
+
+__all__: list[str] = []

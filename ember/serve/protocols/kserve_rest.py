@@ -1,0 +1,216 @@
+"""KServe v2 / Open Inference Protocol over REST, with the binary tensor data extension.
+
+Routes: ``GET /v2/health/live``, ``/v2/health/ready``, ``/v2``,
+``/v2/models/{name}[/versions/{v}]``, ``.../ready``, ``POST .../infer``. Inputs come as JSON (flat or nested ``data``) or, as
+``tritonclient`` sends them by default, as raw bytes after the JSON header
+(``Inference-Header-Content-Length``); outputs go back the same way when asked
+(``"binary_data": true`` per output or ``"binary_data_output": true`` for the request).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ember.serve.errors import ServeError
+from ember.serve.protocols import Context, JSONResponse, endpoint, read_body, read_json
+from ember.serve.tensors import datatype_of, decode_binary, decode_tensor
+
+__all__ = ["routes", "parse_infer_request", "encode_infer_response"]
+
+_HEADER = "inference-header-content-length"
+
+
+def routes(ctx: Context) -> list[Route]:
+    """Returns the KServe v2 REST routes (inference first: the router tries routes in order).
+
+    Example:
+        >>> app = Starlette(routes=routes(Context(repository)))  # doctest: +SKIP
+    """
+    repo = ctx.repository
+    kserve = endpoint(ctx, "kserve")
+
+    @endpoint(ctx, "kserve", infer=True)
+    async def infer(request: Request) -> Response:
+        body = await read_body(request, ctx.body_limit)
+        header_length = request.headers.get(_HEADER)
+        payload, inputs, outputs, binary_out = parse_infer_request(body, header_length)
+        p = request.path_params
+        mv = repo.get(p["name"], p.get("version"))  # right before infer: drain sees us
+        request.state.version = mv.version
+        results = await mv.infer(inputs, [n for n, _ in outputs] or None)
+        return encode_infer_response(mv, payload.get("id"), results, outputs, binary_out)
+
+    @kserve
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    @kserve
+    async def ready(request: Request) -> Response:
+        ok = repo.ready
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @kserve
+    async def server_metadata(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "name": ctx.server_name,
+                "version": ctx.server_version,
+                "extensions": ["binary_tensor_data", "model_repository"],
+            }
+        )
+
+    @kserve
+    async def model_metadata(request: Request) -> Response:
+        p = request.path_params
+        mv = repo.get(p["name"], p.get("version"))
+        meta = mv.metadata()
+        if p.get("version") is None:
+            meta["versions"] = [str(v.version) for v in repo.versions(p["name"])]
+        return JSONResponse(meta)
+
+    @kserve
+    async def model_ready(request: Request) -> Response:
+        p = request.path_params
+        try:
+            mv = repo.get(p["name"], p.get("version"))
+        except ServeError as exc:
+            if exc.status == 400:
+                raise
+            return JSONResponse({"name": p["name"], "ready": False}, status_code=exc.status)
+        return JSONResponse({"name": mv.name, "version": str(mv.version), "ready": True})
+
+    base, versioned = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
+    return [
+        Route(base + "/infer", infer, methods=["POST"]),
+        Route(versioned + "/infer", infer, methods=["POST"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route(base, model_metadata, methods=["GET"]),
+        Route(versioned, model_metadata, methods=["GET"]),
+        Route(base + "/ready", model_ready, methods=["GET"]),
+        Route(versioned + "/ready", model_ready, methods=["GET"]),
+    ]
+
+
+def parse_infer_request(
+    body: bytes, header_length: str | None = None
+) -> tuple[dict, dict[str, np.ndarray], list[tuple[str, bool]], bool]:
+    """Decodes a v2 infer request.
+
+    Args:
+        body: the whole HTTP body.
+        header_length: the ``Inference-Header-Content-Length`` header (binary extension), or None.
+
+    Returns:
+        (the JSON header, inputs by name, requested outputs as ``(name, binary)``,
+        whether every output should be binary).
+
+    Raises:
+        ServeError: 400 naming the malformed field.
+    """
+    raw = b""
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise ServeError(
+                400,
+                f"Invalid Inference-Header-Content-Length {header_length!r} for a body of "
+                f"{len(body)} bytes.",
+            )
+        raw, body = body[int(header_length) :], body[: int(header_length)]
+    payload = read_json(body, "inference request")
+    items = payload.get("inputs")
+    if not isinstance(items, list) or not items:
+        raise ServeError(400, "The request needs 'inputs': a non-empty list of tensors.")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ServeError(400, "Each input must be an object with a 'name' string.")
+        name = item["name"]
+        if name in inputs:
+            raise ServeError(400, f"Input {name!r} is given twice.")
+        size = _binary_size(item)
+        if size is None:
+            inputs[name] = decode_tensor(
+                name, item.get("datatype"), item.get("shape"), item.get("data")
+            )
+        else:
+            if offset + size > len(raw):
+                raise ServeError(
+                    400, f"Input {name!r}: binary_data_size {size} runs past the body."
+                )
+            chunk = raw[offset : offset + size]
+            inputs[name] = decode_binary(name, item.get("datatype"), item.get("shape"), chunk)
+            offset += size
+    params = payload.get("parameters")
+    binary_all = isinstance(params, dict) and params.get("binary_data_output") is True
+    return payload, inputs, _requested_outputs(payload.get("outputs"), binary_all), binary_all
+
+
+def encode_infer_response(
+    mv: Any,
+    request_id: Any,
+    results: dict[str, np.ndarray],
+    requested: list[tuple[str, bool]],
+    binary_all: bool = False,
+) -> Response:
+    """Builds the v2 infer response (JSON, or JSON header + raw bytes for binary outputs)."""
+    binary = dict(requested)
+    outputs, blobs = [], []
+    for name, array in results.items():
+        array = np.ascontiguousarray(array)
+        out: dict[str, Any] = {
+            "name": name,
+            "datatype": datatype_of(array.dtype),
+            "shape": list(array.shape),
+        }
+        if binary.get(name, binary_all) and array.dtype != object:
+            data = array.tobytes()
+            out["parameters"] = {"binary_data_size": len(data)}
+            blobs.append(data)
+        else:
+            out["data"] = array.reshape(-1)
+        outputs.append(out)
+    answer: dict[str, Any] = {"model_name": mv.name, "model_version": str(mv.version)}
+    if request_id is not None:
+        answer["id"] = request_id
+    answer["outputs"] = outputs
+    if not blobs:
+        return JSONResponse(answer)
+    header = JSONResponse(answer).body
+    return Response(
+        header + b"".join(blobs),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+
+
+def _binary_size(item: dict) -> int | None:
+    params = item.get("parameters")
+    if not isinstance(params, dict) or "binary_data_size" not in params:
+        return None
+    size = params["binary_data_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ServeError(400, f"Input {item['name']!r}: invalid binary_data_size {size!r}.")
+    return size
+
+
+def _requested_outputs(items: Any, binary_all: bool) -> list[tuple[str, bool]]:
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise ServeError(400, "'outputs' must be a list of {\"name\": ...} objects.")
+    requested = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ServeError(400, "Each requested output must be an object with a 'name' string.")
+        params = item.get("parameters")
+        flag = params.get("binary_data") if isinstance(params, dict) else None
+        requested.append((item["name"], binary_all if flag is None else flag is True))
+    return requested

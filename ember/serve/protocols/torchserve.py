@@ -1,0 +1,90 @@
+"""TorchServe style inference API: ``POST /predictions/{name}[/{version}]`` and ``GET /ping``.
+
+The body is JSON: one instance (the input without its batch dimension), a batch, or an object
+``{"data": ...}``. A classifier answers one instance with its top-5 ``{label: probability}``, as
+TorchServe's classification handlers do; other models answer the output values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ember.serve.errors import ServeError
+from ember.serve.protocols import Context, JSONResponse, endpoint, read_body
+from ember.serve.protocols.tfserving import softmax_scores
+from ember.serve.tensors import numpy_dtype
+
+__all__ = ["routes", "TOP_K"]
+
+TOP_K = 5
+
+
+def routes(ctx: Context) -> list[Route]:
+    """Returns the TorchServe style routes."""
+    repo = ctx.repository
+
+    @endpoint(ctx, "torchserve", infer=True)
+    async def predict(request: Request) -> Response:
+        import orjson
+
+        body = await read_body(request, ctx.body_limit)
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ServeError(400, f"Invalid JSON in the request body: {exc}") from None
+        p = request.path_params
+        mv = repo.get(p["name"], p.get("version"))
+        request.state.version = mv.version
+        if len(mv.inputs) != 1:
+            raise ServeError(400, f"Model {mv.name!r} takes {len(mv.inputs)} inputs; use the "
+                             "KServe v2 API (/v2/models/{name}/infer) for multi-input models.")  # fmt: skip
+        x, single = _decode(payload, mv.inputs[0])
+        outputs = await mv.infer({mv.inputs[0].name: x})
+        values = next(iter(outputs.values()))
+        answers = [_answer(mv, row) for row in (values if values.ndim else values[None])]
+        return JSONResponse(answers[0] if single else answers)
+
+    async def ping(request: Request) -> Response:
+        ok = repo.ready
+        return JSONResponse(
+            {"status": "Healthy" if ok else "Unhealthy"}, status_code=200 if ok else 503
+        )
+
+    return [
+        Route("/predictions/{name}", predict, methods=["POST"]),
+        Route("/predictions/{name}/{version}", predict, methods=["POST"]),
+        Route("/ping", ping, methods=["GET"]),
+    ]
+
+
+def _decode(payload: Any, spec: Any) -> tuple[np.ndarray, bool]:
+    if isinstance(payload, dict):
+        key = next((k for k in ("data", "instances", "input", "inputs") if k in payload), None)
+        if key is None:
+            raise ServeError(400, 'Send the input as a JSON list, or as {"data": [...]}.')
+        payload = payload[key]
+    if not isinstance(payload, list):
+        raise ServeError(400, f"The input must be a JSON list, received {type(payload).__name__}.")
+    try:
+        x = np.asarray(payload, dtype=numpy_dtype(spec.datatype))
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ServeError(
+            400, f"Input {spec.name!r}: values do not fit {spec.datatype} ({exc})."
+        ) from None
+    if x.ndim == len(spec.shape) - 1:
+        return x[None], True  # one instance: add the batch dimension
+    return x, False
+
+
+def _answer(mv: Any, row: np.ndarray) -> Any:
+    if mv.task != "classification" and not mv.labels:
+        return row
+    scores = softmax_scores(row[None])[0]
+    labels = mv.labels or [str(i) for i in range(scores.shape[0])]
+    top = np.argsort(-scores)[:TOP_K]
+    return {labels[i]: float(scores[i]) for i in top}

@@ -1,0 +1,338 @@
+"""Runtimes behind one interface, and ``ModelVersion``: one loaded, servable version of a model.
+
+ONNX Runtime is the default (threads set for the machine; it releases the GIL while computing, so
+inference runs in a thread pool and the event loop never blocks). Packages without ``model.onnx``
+run on torch in eager mode through ``ember.package.load``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import threading
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ember.serve.batching import Batcher, BatchingConfig, ObserveFn
+from ember.serve.errors import ServeError
+from ember.serve.tensors import TensorSpec, check_inputs, numpy_dtype
+
+__all__ = ["ModelVersion", "TensorSpec", "load_version", "RUNTIMES"]
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "onnxruntime", "torch")
+# torch.export.load keeps state in module globals: two loads at once fail.
+_TORCH_LOAD_LOCK = threading.Lock()
+
+
+class ModelVersion:
+    """One version of one model: its signature, its runtime and its batching queue.
+
+    Built by ``load_version`` (or ``ModelRepository``); use ``infer`` from the event loop.
+
+    Attributes:
+        name, version, platform (``"onnxruntime"`` or ``"pytorch"``), labels, task,
+        inputs, outputs (lists of ``TensorSpec``), path, manifest, state, error.
+
+    Example:
+        >>> mv = repository.get("digits")  # doctest: +SKIP
+        >>> (await mv.infer({"input": x}))["output"].shape  # doctest: +SKIP
+        (1, 10)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        runtime: Any,
+        executor: Executor,
+        *,
+        manifest: dict | None = None,
+        batching: BatchingConfig | None = None,
+        observe: ObserveFn | None = None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.path = path
+        self.manifest = manifest or {}
+        self.platform: str = runtime.platform
+        self.labels: list[str] | None = self.manifest.get("labels")
+        self.task: str | None = self.manifest.get("task")
+        self.inputs: list[TensorSpec] = runtime.inputs
+        self.outputs: list[TensorSpec] = runtime.outputs
+        self.state = "AVAILABLE"
+        self.error: str | None = None
+        self._runtime = runtime
+        self._executor = executor
+        self._output_names = {s.name for s in self.outputs}
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        batchable = all(s.shape[:1] == [-1] for s in self.inputs + self.outputs)
+        self._batcher = (
+            Batcher(runtime.run, executor, batching, observe)
+            if batching is not None and batching.enabled and batchable
+            else None
+        )
+        self._observe = observe
+
+    @property
+    def in_flight(self) -> int:
+        """Requests currently inside ``infer``."""
+        return self._in_flight
+
+    async def infer(
+        self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Runs the model on one request (through the dynamic batcher when batching is on).
+
+        Args:
+            inputs: one array per model input, batch along dim 0.
+            output_names: outputs to return; all when None.
+
+        Returns:
+            The requested outputs by name.
+
+        Raises:
+            ServeError: 400 for a missing or mismatched input or an unknown output name.
+        """
+        self._in_flight += 1  # before any await: a drain started after get() waits for us
+        self._idle.clear()
+        try:
+            check_inputs(self.inputs, inputs)
+            if output_names:
+                self._check_outputs(output_names)
+            if self._batcher is not None:
+                outputs = await self._batcher.submit(inputs)
+            else:
+                outputs = await self._run_alone(inputs)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+        if output_names:
+            return {n: outputs[n] for n in output_names}
+        return outputs
+
+    async def _run_alone(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        outputs = await loop.run_in_executor(self._executor, self._runtime.run, inputs)
+        if self._observe is not None:
+            first = next(iter(inputs.values()))
+            self._observe(first.shape[0] if first.ndim else 1, [0.0], loop.time() - start)
+        return outputs
+
+    def _check_outputs(self, names: list[str]) -> None:
+        unknown = [n for n in names if n not in self._output_names]
+        if unknown:
+            raise ServeError(
+                400,
+                f"Unknown output(s) {unknown} for model {self.name!r}. "
+                f"Outputs: {', '.join(s.name for s in self.outputs)}.",
+            )
+
+    async def drain(self, timeout: float = 30.0) -> bool:
+        """Waits until no request is in flight; returns False when ``timeout`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        """Stops the batcher and frees the runtime (call after ``drain``)."""
+        if self._batcher is not None:
+            await self._batcher.close()
+        self.state = "END"
+        self._runtime = None
+
+    def metadata(self) -> dict[str, Any]:
+        """KServe v2 model metadata of this version."""
+        return {
+            "name": self.name,
+            "versions": [str(self.version)],
+            "platform": self.platform,
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
+        }
+
+    def __repr__(self) -> str:
+        return f"ModelVersion(name={self.name!r}, version={self.version}, state={self.state!r})"
+
+
+def load_version(
+    name: str,
+    version: int,
+    path: Path,
+    executor: Executor,
+    *,
+    runtime: str = "auto",
+    batching: BatchingConfig | None = None,
+    observe: ObserveFn | None = None,
+) -> ModelVersion:
+    """Loads, checks and warms one version (blocking: call it in a thread).
+
+    Args:
+        name: model name.
+        version: version number.
+        path: a package directory, a directory with only ``model.onnx``, or a ``.onnx`` file.
+        executor: thread pool for inference.
+        runtime: ``"auto"`` (ONNX Runtime when there is a model.onnx, else torch),
+            ``"onnxruntime"`` or ``"torch"``.
+        batching: dynamic batching settings, None for none.
+        observe: metrics callback for each model call (see ``Batcher``).
+
+    Returns:
+        The warmed ``ModelVersion``.
+
+    Raises:
+        ServeError: the package is corrupt, has no runnable model, or fails its parity check.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"Unknown runtime {runtime!r}. Choose one of: {', '.join(RUNTIMES)}")
+    path = Path(path)
+    manifest = _read_manifest(path)
+    onnx_file = path if path.is_file() else path / "model.onnx"
+    if runtime == "onnxruntime" or (runtime == "auto" and onnx_file.is_file()):
+        _check_hash(onnx_file, manifest)
+        engine: Any = _OrtRuntime(onnx_file)
+    else:
+        engine = _TorchRuntime(path, manifest)
+    mv = ModelVersion(
+        name, version, path, engine, executor, manifest=manifest, batching=batching, observe=observe
+    )
+    _warm_up(engine, path, manifest)
+    logger.info("Loaded %s version %d (%s) from %s", name, version, engine.platform, path)
+    return mv
+
+
+def _read_manifest(path: Path) -> dict:
+    manifest_file = path / "ember.json"
+    if not path.is_dir() or not manifest_file.is_file():
+        return {}
+    try:
+        return json.loads(manifest_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ServeError(400, f"Corrupt manifest {manifest_file}: {exc}") from None
+
+
+def _check_hash(onnx_file: Path, manifest: dict) -> None:
+    expected = (manifest.get("files") or {}).get(onnx_file.name)
+    if not expected or not onnx_file.is_file():
+        return
+    digest = hashlib.sha256(onnx_file.read_bytes()).hexdigest()
+    if digest != expected:
+        raise ServeError(
+            400,
+            f"Corrupt package: {onnx_file.name} sha256 {digest[:12]}... does not match "
+            f"ember.json ({expected[:12]}...).",
+        )
+
+
+class _OrtRuntime:
+    platform = "onnxruntime"
+
+    def __init__(self, onnx_file: Path) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        # Spinning intra-op threads would steal the cores the event loop needs between runs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        try:
+            self._session = ort.InferenceSession(str(onnx_file), options, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types for corrupt files
+            raise ServeError(400, f"Cannot load {onnx_file}: {exc}") from None
+        self.inputs = [
+            TensorSpec.parse(i.name, i.type, i.shape) for i in self._session.get_inputs()
+        ]
+        self.outputs = [
+            TensorSpec.parse(o.name, o.type, o.shape) for o in self._session.get_outputs()
+        ]
+        self._names = [o.name for o in self.outputs]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self._session.run(self._names, inputs)
+        return dict(zip(self._names, results))
+
+
+class _TorchRuntime:
+    platform = "pytorch"
+
+    def __init__(self, path: Path, manifest: dict) -> None:
+        import torch
+
+        from ember import package
+
+        signature = manifest.get("signature") or {}
+        if not signature.get("inputs") or not signature.get("outputs"):
+            raise ServeError(400, f"No model.onnx and no signature in {path}/ember.json.")
+        try:
+            with _TORCH_LOAD_LOCK:
+                self._module = package.load(path).eval()
+        except Exception as exc:
+            raise ServeError(400, f"Cannot load package {path}: {exc}") from None
+        self._torch = torch
+        self.inputs = [
+            TensorSpec.parse(s["name"], s["dtype"], s["shape"]) for s in signature["inputs"]
+        ]
+        self.outputs = [
+            TensorSpec.parse(s["name"], s["dtype"], s["shape"]) for s in signature["outputs"]
+        ]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        args = [torch.from_numpy(np.ascontiguousarray(inputs[s.name])) for s in self.inputs]
+        with torch.inference_mode():
+            result = self._module(*args)
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        return {s.name: t.detach().cpu().numpy() for s, t in zip(self.outputs, result)}
+
+
+def _warm_up(engine: Any, path: Path, manifest: dict) -> None:
+    """Runs the package sample (checking parity) or zeros once, so the first request is fast."""
+    sample = path / "sample.safetensors" if path.is_dir() else None
+    if sample is not None and sample.is_file() and len(engine.inputs) == 1:
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(sample))
+        spec = engine.inputs[0]
+        x = tensors["inputs"].astype(numpy_dtype(spec.datatype))
+        actual = engine.run({spec.name: x})[engine.outputs[0].name]
+        expected = tensors.get("outputs")
+        if expected is not None:
+            _check_parity(actual, expected, manifest, engine.platform)
+        return
+    zeros = {}
+    for spec in engine.inputs:
+        shape = [d if d >= 0 else 1 for d in spec.shape]
+        zeros[spec.name] = np.zeros(shape, dtype=numpy_dtype(spec.datatype))
+    engine.run(zeros)
+
+
+def _check_parity(actual: np.ndarray, expected: np.ndarray, manifest: dict, platform: str) -> None:
+    record = (manifest.get("targets") or {}).get("onnx") or {}
+    recorded = float(record.get("max_abs_diff") or 0.0)
+    atol = max(1e-4, 10.0 * recorded)
+    diff = float(np.max(np.abs(actual.astype(np.float64) - expected))) if actual.size else 0.0
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    if actual.shape != expected.shape or diff > atol + 1e-3 * scale:
+        raise ServeError(
+            400,
+            f"Failed parity: {platform} output differs from the package sample by {diff:.3g} "
+            f"(allowed {atol:.3g}; recorded max_abs_diff {recorded:.3g}).",
+        )

@@ -1,0 +1,264 @@
+"""``ember serve``: the repository, the REST app, the gRPC server and the management listener
+on one event loop (uvloop), with a graceful shutdown on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ember.serve.batching import BatchingConfig
+
+__all__ = ["serve", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+def serve(
+    path: str | os.PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    grpc_port: int | None = 8081,
+    management_host: str = "127.0.0.1",
+    management_port: int | None = 8082,
+    token: str | None = None,
+    token_file: str | os.PathLike | None = None,
+    poll_interval: float = 2.0,
+    max_batch_size: int = 32,
+    max_queue_delay_ms: float = 0.0,
+    adaptive_batching: bool = False,
+    target_p99_ms: float = 50.0,
+    body_limit: int = 64 * 1024 * 1024,
+    runtime: str = "auto",
+    grace_period: float = 30.0,
+    access_log: bool = False,
+) -> int:
+    """Serves a model repository until SIGTERM or SIGINT; returns the exit code (0).
+
+    Args:
+        path: a repository (``<name>/<version>/``), one package directory, a directory with only
+            ``model.onnx``, or a ``.onnx`` file.
+        host: REST interface (KServe v2, TF Serving, TorchServe, /metrics, /docs).
+        port: REST port (0 picks a free one).
+        grpc_port: KServe v2 gRPC port on ``host``; None turns gRPC off.
+        management_host: management interface; keep it local.
+        management_port: management port; None turns the management API off.
+        token: management bearer token; when None one is read from ``token_file`` or generated.
+        token_file: where the token is read from or written to (mode 0600).
+            Default ``~/.ember/serve-token``.
+        poll_interval: seconds between repository scans for hot reload; 0 turns it off.
+        max_batch_size: dynamic batching limit in rows; 1 turns batching off.
+        max_queue_delay_ms: how long a request may wait for a batch to fill.
+        adaptive_batching: size batches from measured latency to keep p99 under ``target_p99_ms``.
+        target_p99_ms: latency target of adaptive batching.
+        body_limit: largest request body in bytes (413 above it).
+        runtime: ``"auto"``, ``"onnxruntime"`` or ``"torch"``.
+        grace_period: seconds in-flight requests get to finish at shutdown.
+        access_log: log every request to the ``ember.serve.access`` logger (INFO); it costs about
+            a tenth of the throughput of a tiny model, so it is off by default.
+
+    Returns:
+        0 after a graceful shutdown.
+
+    Example:
+        >>> serve("models", port=8080, grpc_port=8081)  # doctest: +SKIP
+    """
+    options = {k: v for k, v in locals().items() if k not in ("path", "access_log")}
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("ember.serve.access").setLevel(
+        logging.INFO if access_log else logging.WARNING
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(path, stop=stop, **options)
+
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main())
+    return 0
+
+
+async def run(
+    path: str | os.PathLike,
+    *,
+    stop: asyncio.Event,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    grpc_port: int | None = None,
+    management_host: str = "127.0.0.1",
+    management_port: int | None = None,
+    token: str | None = None,
+    token_file: str | os.PathLike | None = None,
+    poll_interval: float = 2.0,
+    max_batch_size: int = 32,
+    max_queue_delay_ms: float = 0.0,
+    adaptive_batching: bool = False,
+    target_p99_ms: float = 50.0,
+    body_limit: int = 64 * 1024 * 1024,
+    runtime: str = "auto",
+    grace_period: float = 30.0,
+) -> None:
+    """Runs the server on the current loop until ``stop`` is set (the async core of ``serve``).
+
+    ``on_start`` is called once the listeners accept connections (models may still be loading:
+    ``/v2/health/ready`` says when they are) with ``{"rest": url, "grpc": "host:port" | None,
+    "management": url | None, "token": str | None, "app": app, "repository": repository}``.
+    The other arguments are those of ``serve``.
+    """
+    from ember.serve.app import build_app
+    from ember.serve.management import build_management_app, resolve_token
+    from ember.serve.metrics import ServeMetrics
+    from ember.serve.repository import ModelRepository
+
+    batching = BatchingConfig(max_batch_size, max_queue_delay_ms, adaptive_batching, target_p99_ms)
+    metrics = ServeMetrics()
+    repository = ModelRepository(
+        Path(path), poll_interval=poll_interval, runtime=runtime, batching=batching, metrics=metrics
+    )
+    app = build_app(repository, metrics=metrics, body_limit=body_limit)
+    info: dict[str, Any] = {"app": app, "repository": repository, "grpc": None,
+                            "management": None, "token": None}  # fmt: skip
+    servers: list[tuple[Any, socket.socket]] = []
+    rest_sock = _bind(host, port)
+    servers.append((_uvicorn(app, grace_period), rest_sock))
+    info["rest"] = _url(rest_sock)
+    if management_port is not None:
+        info["token"] = resolve_token(token, token_file)
+        mgmt_sock = _bind(management_host, management_port)
+        servers.append((_uvicorn(build_management_app(repository, info["token"]), grace_period),
+                        mgmt_sock))  # fmt: skip
+        info["management"] = _url(mgmt_sock)
+    grpc_server = None
+    with _closing(servers):
+        tasks = await _start_listeners(servers)
+        if grpc_port is not None:
+            from ember.serve.protocols.kserve_grpc import start_grpc_server
+
+            grpc_server = await start_grpc_server(repository, host, grpc_port)
+            info["grpc"] = f"{host}:{grpc_port}"
+        _announce(info, token_file, token is not None)
+        if on_start is not None:
+            on_start(info)
+        loading = asyncio.ensure_future(repository.start())
+        await stop.wait()
+        logger.info("Shutting down: finishing in-flight requests (up to %.0fs)", grace_period)
+        for server, _ in servers:
+            server.should_exit = True
+        if grpc_server is not None:
+            await grpc_server.stop(grace=grace_period)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        loading.cancel()
+        await asyncio.gather(loading, return_exceptions=True)
+        await repository.stop()
+    logger.info("ember serve stopped")
+
+
+async def _start_listeners(servers: list[tuple[Any, socket.socket]]) -> list[asyncio.Future]:
+    """Starts every uvicorn server on its socket; returns once all accept connections."""
+    tasks = [asyncio.ensure_future(s._serve_forever(sock)) for s, sock in servers]
+    while not all(s.started for s, _ in servers):
+        if any(t.done() for t in tasks):
+            await asyncio.gather(*tasks)  # re-raises a startup failure
+            raise RuntimeError("A listener stopped while starting.")
+        await asyncio.sleep(0.01)
+    return tasks
+
+
+def _uvicorn(app: Any, grace_period: float) -> Any:
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        """A uvicorn server that leaves signals to ``serve`` (several servers share one loop)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+        async def _serve_forever(self, sock: socket.socket) -> None:
+            await self.serve(sockets=[sock])
+
+    config = uvicorn.Config(
+        app,
+        loop="none",
+        http=_http_impl(),
+        lifespan="off",
+        access_log=False,  # ember.serve.access logs instead (cheaper, one line per request)
+        server_header=False,
+        timeout_graceful_shutdown=int(grace_period),
+        log_level="warning",
+    )
+    return _Server(config)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"Received an invalid port, expected 0..65535. Received: port={port!r}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"Cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+@contextlib.contextmanager
+def _closing(servers: list[tuple[Any, socket.socket]]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for _, sock in servers:
+            sock.close()
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _announce(info: dict[str, Any], token_file: Any, token_given: bool) -> None:
+    rest = info["rest"]
+    logger.info("ember serve listening (models loading; ready at %s/v2/health/ready)", rest)
+    logger.info("  KServe v2 REST   %s/v2/models/{name}/infer", rest)
+    logger.info("  TF Serving REST  %s/v1/models/{name}:predict", rest)
+    logger.info("  TorchServe       %s/predictions/{name}", rest)
+    logger.info("  Metrics, docs    %s/metrics  %s/docs", rest, rest)
+    if info["grpc"]:
+        logger.info("  KServe v2 gRPC   %s", info["grpc"])
+    if info["management"]:
+        where = "as given" if token_given else token_file or "~/.ember/serve-token"
+        logger.info("  Management       %s/v2/repository/index (bearer token: %s)",
+                    info["management"], where)  # fmt: skip
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _http_impl() -> str:
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return "h11"
+    return "httptools"

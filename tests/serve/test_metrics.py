@@ -1,0 +1,39 @@
+"""Prometheus metrics: per-app registry, request counts, latency histograms, models loaded."""
+
+from __future__ import annotations
+
+import httpx
+
+from ember.serve.metrics import ServeMetrics
+
+ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+
+
+def test_each_metrics_object_has_its_own_registry():
+    a, b = ServeMetrics(), ServeMetrics()
+    a.request("m", 1, "kserve", 200, 0.01)
+    assert b'ember_requests_total{model="m"' in a.render()[0]
+    assert b'ember_requests_total{model="m"' not in b.render()[0]
+
+
+def test_requests_latencies_and_models_loaded_are_exported(server):
+    httpx.post(server.url + "/v2/models/mlp/infer", json=ROW)
+    httpx.post(server.url + "/v1/models/half_plus_three:predict", json={"instances": [1.0]})
+    httpx.post(server.url + "/v2/models/mlp/infer", content=b"{")
+    httpx.post(server.url + "/v2/models/made-up-name/infer", json=ROW)
+    r = httpx.get(server.url + "/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    for line in (
+        'ember_requests_total{model="mlp",protocol="kserve",status="200",version="2"} 1.0',
+        'ember_requests_total{model="half_plus_three",protocol="tfserving",status="200",version="123"} 1.0',
+        'ember_requests_total{model="mlp",protocol="kserve",status="400",version=""} 1.0',
+        'ember_requests_total{model="",protocol="kserve",status="404",version=""} 1.0',
+        'ember_models_loaded{model="mlp"} 2.0',
+        'ember_models_loaded{model="half_plus_three"} 1.0',
+    ):
+        assert line in text, line
+    assert "made-up-name" not in text
+    for name in ("ember_request_duration_seconds_bucket", "ember_queue_duration_seconds_bucket",
+                 "ember_compute_duration_seconds_bucket", "ember_batch_size_bucket"):  # fmt: skip
+        assert f'{name}{{le="0.0005",model="mlp"' in text or f"{name}{{" in text, name

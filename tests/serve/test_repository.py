@@ -1,0 +1,165 @@
+"""Versions, policies, hot reload under load, corrupt versions, single-model paths, runtimes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from ember.serve.errors import ServeError
+from ember.serve.repository import ModelRepository, check_model_name
+
+ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+HALF = {"inputs": [{"name": "input", "shape": [2], "datatype": "FP32", "data": [1.0, 2.0]}]}
+
+
+def _wait(predicate, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def _states(server, name: str) -> dict[int, str]:
+    return {row["version"]: row["state"] for row in server.repository.status(name)}
+
+
+def test_new_version_takes_traffic_with_zero_failed_requests_under_load(server, repo_dir):
+    url = server.url + "/v2/models/half_plus_three/infer"
+    failures, versions, stop = [], set(), threading.Event()
+
+    def client() -> None:
+        with httpx.Client() as http:
+            while not stop.is_set():
+                r = http.post(url, json=HALF)
+                if r.status_code != 200 or r.json()["outputs"][0]["data"] != [3.5, 4.0]:
+                    failures.append((r.status_code, r.text))
+                else:
+                    versions.add(r.json()["model_version"])
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        _wait(lambda: versions == {"123"})
+        shutil.copytree(repo_dir / "half_plus_three" / "123", repo_dir / "half_plus_three" / "124")
+        _wait(lambda: _states(server, "half_plus_three").get(123) == "END")
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert versions == {"123", "124"}
+    assert _states(server, "half_plus_three") == {123: "END", 124: "AVAILABLE"}
+
+
+def test_corrupt_version_is_reported_and_never_serves(server, repo_dir):
+    bad = repo_dir / "mlp" / "3"
+    bad.mkdir()
+    (bad / "model.onnx").write_bytes(b"this is not an onnx model")
+    _wait(lambda: _states(server, "mlp").get(3) == "FAILED")
+    (row,) = [r for r in server.repository.status("mlp") if r["version"] == 3]
+    assert "Cannot load" in row["error"]
+    r = httpx.post(server.url + "/v2/models/mlp/infer", json=ROW)
+    assert r.status_code == 200 and r.json()["model_version"] == "2"
+    r = httpx.post(server.url + "/v2/models/mlp/versions/3/infer", json=ROW)
+    assert r.status_code == 404 and "FAILED" in r.json()["error"]
+    tf = httpx.get(server.url + "/v1/models/mlp/versions/3").json()["model_version_status"][0]
+    assert tf["status"]["error_code"] == "UNKNOWN" and tf["status"]["error_message"]
+
+
+def test_tampered_package_fails_its_hash_check(server, repo_dir):
+    bad = repo_dir / "mlp" / "4"
+    shutil.copytree(repo_dir / "mlp" / "1", bad)
+    onnx = (bad / "model.onnx").read_bytes()
+    (bad / "model.onnx").write_bytes(onnx[:-1] + bytes([onnx[-1] ^ 1]))
+    _wait(lambda: _states(server, "mlp").get(4) == "FAILED")
+    assert httpx.post(server.url + "/v2/models/mlp/infer", json=ROW).json()["model_version"] == "2"
+
+
+def test_removed_version_drains_and_ends(server, repo_dir):
+    shutil.rmtree(repo_dir / "mlp" / "1")
+    _wait(lambda: _states(server, "mlp").get(1) == "END")
+    r = httpx.post(server.url + "/v2/models/mlp/versions/1/infer", json=ROW)
+    assert r.status_code == 404
+
+
+def test_specific_version_policy_and_single_paths(repo_dir, start_server, tmp_path):
+    server = start_server(repo_dir, poll_interval=0)
+    assert sorted(_states(server, "mlp")) == [1, 2]
+    # One package directory, a version dir with only model.onnx, and a bare .onnx file.
+    only_onnx = tmp_path / "bare"
+    only_onnx.mkdir()
+    shutil.copy(repo_dir / "mlp" / "1" / "model.onnx", only_onnx / "model.onnx")
+    onnx_file = tmp_path / "classifier.onnx"
+    shutil.copy(repo_dir / "mlp" / "1" / "model.onnx", onnx_file)
+    for path, name in (
+        (repo_dir / "mlp" / "2", "mlp"),
+        (only_onnx, "bare"),
+        (onnx_file, "classifier"),
+    ):
+        single = start_server(path, poll_interval=0)
+        meta = httpx.get(f"{single.url}/v2/models/{name}").json()
+        assert meta["versions"] == ["1"] and meta["inputs"][0]["shape"] == [-1, 4], meta
+        r = httpx.post(f"{single.url}/v2/models/{name}/infer", json=ROW)
+        assert r.status_code == 200
+
+
+def test_version_policy_override_and_torch_runtime(repo_dir):
+    (repo_dir / "mlp" / "config.json").unlink()  # no labels keeping version 2 loaded
+
+    async def main() -> None:
+        repo = ModelRepository(
+            repo_dir, poll_interval=0, runtime="torch",
+            version_policy={"mlp": {"specific": {"versions": [1]}}},
+        )  # fmt: skip
+        await repo.start()
+        try:
+            assert repo.ready
+            mv = repo.get("mlp")
+            assert (mv.version, mv.platform) == (1, "pytorch")
+            x = np.arange(8, dtype=np.float32).reshape(2, 4)
+            torch_out = (await mv.infer({"input": x}))["output"]
+            with pytest.raises(ServeError, match="Version 2 of model 'mlp' is not available"):
+                repo.get("mlp", 2)
+        finally:
+            await repo.stop()
+        ort = ModelRepository(repo_dir, poll_interval=0, version_policy={"mlp": "all"})
+        await ort.start()
+        try:
+            ort_out = (await ort.get("mlp", "1").infer({"input": x}))["output"]
+        finally:
+            await ort.stop()
+        np.testing.assert_allclose(torch_out, ort_out, atol=1e-5)
+
+    asyncio.run(main())
+
+
+def test_bad_arguments_are_refused_with_clear_messages(repo_dir, tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        ModelRepository(tmp_path / "missing")
+    with pytest.raises(ValueError, match="Unknown runtime 'tf'. Choose one of"):
+        ModelRepository(repo_dir, runtime="tf")
+    with pytest.raises(ValueError, match="Invalid version_policy"):
+        ModelRepository(repo_dir, version_policy={"mlp": {"newest": 1}})
+    for name in ("../x", "/etc", "a/b", "..", "http://example.com/m"):
+        with pytest.raises(ServeError, match="Invalid model name"):
+            check_model_name(name)
+    assert check_model_name("digits-v2.1_x") == "digits-v2.1_x"
+
+
+def test_version_dir_being_written_loads_once_stable(server, repo_dir):
+    target = repo_dir / "half_plus_three" / "200"
+    target.mkdir()
+    for f in sorted(os.listdir(repo_dir / "half_plus_three" / "123")):
+        shutil.copy(repo_dir / "half_plus_three" / "123" / f, target / f)
+        time.sleep(0.05)  # slower than nothing, faster than two polls
+    _wait(lambda: _states(server, "half_plus_three").get(200) == "AVAILABLE")
+    assert _states(server, "half_plus_three")[123] in ("UNLOADING", "END")

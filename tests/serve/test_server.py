@@ -1,0 +1,124 @@
+"""The server process: graceful SIGTERM, announced endpoints, OpenAPI schema and docs page."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.routing import Route
+
+from ember.serve.app import build_app, openapi_schema
+
+ROOT = Path(__file__).resolve().parents[2]
+ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+SCRIPT = """
+import sys
+from ember.serve import serve
+sys.exit(serve(sys.argv[1], port=int(sys.argv[2]), grpc_port=None, management_port=None,
+               poll_interval=0, max_batch_size=64, max_queue_delay_ms=1500, grace_period=10))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.e2e
+def test_sigterm_finishes_in_flight_requests_and_exits_0(repo_dir):
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(repo_dir), str(port)],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(url + "/v2/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, "server never became ready"
+            time.sleep(0.1)
+        result: dict = {}
+        # The request waits up to 1.5 s in the batching queue: SIGTERM arrives while it is in flight.
+        request = threading.Thread(
+            target=lambda: result.update(
+                r=httpx.post(url + "/v2/models/mlp/infer", json=ROW, timeout=30)
+            )
+        )
+        request.start()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        request.join(30)
+        assert result["r"].status_code == 200
+        assert proc.wait(30) == 0
+        log = proc.stderr.read()
+        assert f"KServe v2 REST   {url}/v2/models/{{name}}/infer" in log
+        assert "Shutting down" in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_openapi_describes_every_rest_route_with_bodies(repo_dir):
+    from ember.serve.repository import ModelRepository
+
+    app = build_app(ModelRepository(repo_dir, poll_interval=0))
+    schema = openapi_schema()
+    for route in app.routes:
+        assert isinstance(route, Route)
+        if route.path in ("/openapi.json", "/docs"):
+            continue
+        for method in route.methods - {"HEAD"}:
+            op = schema["paths"][route.path][method.lower()]
+            assert op["summary"]
+            if method == "POST":
+                assert "schema" in op["requestBody"]["content"]["application/json"]
+            names = {p["name"] for p in op["parameters"]}
+            assert names == set(route.param_convertors), route.path
+
+
+def test_openapi_and_docs_are_served(server):
+    schema = httpx.get(server.url + "/openapi.json").json()
+    assert schema["openapi"].startswith("3.") and "/v2/models/{name}/infer" in schema["paths"]
+    page = httpx.get(server.url + "/docs")
+    assert page.status_code == 200 and "/openapi.json" in page.text
+
+
+def test_wrong_method_is_a_json_405(server):
+    r = httpx.get(server.url + "/v2/models/mlp/infer")
+    assert r.status_code == 405 and "not allowed" in r.json()["error"]
+
+
+def test_busy_port_is_a_clear_error(repo_dir, start_server):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"Cannot listen on 127.0.0.1:{port}"):
+            start_server(repo_dir, port=port)
+
+
+def test_access_log_has_one_line_per_request(server, caplog):
+    with caplog.at_level(logging.INFO, logger="ember.serve.access"):
+        httpx.get(server.url + "/v2/health/live")
+        httpx.get(server.url + "/v2/models/ghost")
+    lines = [r.getMessage() for r in caplog.records if r.name == "ember.serve.access"]
+    assert any('"GET /v2/health/live" 200' in line for line in lines), lines
+    assert any('"GET /v2/models/ghost" 404' in line for line in lines), lines

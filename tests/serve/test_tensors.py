@@ -1,0 +1,67 @@
+"""Wire tensors: datatypes, JSON/binary decoding, signature checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ember.serve.errors import ServeError
+from ember.serve.tensors import (
+    TensorSpec,
+    check_inputs,
+    datatype_of,
+    decode_binary,
+    decode_tensor,
+    numpy_dtype,
+)
+
+
+def test_datatypes_round_trip():
+    for name in ("BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64"):
+        assert datatype_of(numpy_dtype(name)) == name
+    with pytest.raises(ServeError, match="Unknown datatype 'F32'. Choose one of"):
+        numpy_dtype("F32")
+
+
+def test_decode_flat_nested_and_errors():
+    flat = decode_tensor("x", "INT64", [2, 2], [1, 2, 3, 4])
+    nested = decode_tensor("x", "INT64", [2, 2], [[1, 2], [3, 4]])
+    assert flat.dtype == np.int64 and np.array_equal(flat, nested)
+    with pytest.raises(ServeError, match=r"shape \[2, 3\] needs 6 elements, received 4") as exc:
+        decode_tensor("x", "FP32", [2, 3], [1, 2, 3, 4])
+    assert exc.value.status == 400
+    with pytest.raises(ServeError, match="'data' must be a list"):
+        decode_tensor("x", "FP32", [1], {"a": 1})
+    with pytest.raises(ServeError, match="'shape' must be a list of non-negative integers"):
+        decode_tensor("x", "FP32", [-1], [1])
+
+
+def test_decode_binary():
+    raw = np.arange(6, dtype=np.float32).tobytes()
+    assert decode_binary("x", "FP32", [2, 3], raw).tolist() == [[0, 1, 2], [3, 4, 5]]
+    with pytest.raises(ServeError, match="needs 24 bytes, received 23"):
+        decode_binary("x", "FP32", [2, 3], raw[:-1])
+
+
+def test_check_inputs_names_expected_and_received():
+    specs = [TensorSpec("a", "FP32", [-1, 2]), TensorSpec("b", "INT64", [-1])]
+    good = {"a": np.zeros((3, 2), np.float32), "b": np.zeros(3, np.int64)}
+    check_inputs(specs, good)
+    with pytest.raises(ServeError, match="Missing input 'b'"):
+        check_inputs(specs, {"a": good["a"]})
+    with pytest.raises(ServeError, match="expected datatype INT64, received FP32"):
+        check_inputs(specs, {**good, "b": np.zeros(3, np.float32)})
+    with pytest.raises(
+        ServeError, match=r"expected shape \[-1, 2\] \(-1 = any\), received \[3, 5\]"
+    ):
+        check_inputs(specs, {**good, "a": np.zeros((3, 5), np.float32)})
+    with pytest.raises(ServeError, match=r"Unknown input\(s\) \['c'\]"):
+        check_inputs(specs, {**good, "c": good["b"]})
+
+
+def test_spec_parse_accepts_every_spelling():
+    assert TensorSpec.parse("x", "tensor(float)", ["batch", 4]).to_dict() == {
+        "name": "x", "datatype": "FP32", "shape": [-1, 4],
+    }  # fmt: skip
+    assert TensorSpec.parse("x", "float32", [None]).datatype == "FP32"
+    assert TensorSpec.parse("x", "int64", [3]).datatype == "INT64"

@@ -1,0 +1,204 @@
+import csv
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+from torch.utils.data import DataLoader, TensorDataset
+
+import ember
+from ember import layers
+from ember.train.loggers import CSVLogger, Logger, TensorBoardLogger, next_version
+
+N, BATCH, EPOCHS = 32, 8, 3  # 4 batches per epoch
+
+
+def _model(metrics=("accuracy",)):
+    torch.manual_seed(0)
+    model = ember.Sequential(
+        [layers.Input((4,)), layers.Dense(8, activation="relu"), layers.Dense(3)]
+    )
+    model.compile("sgd", "cross_entropy", list(metrics), lr=0.1)
+    return model
+
+
+def _loaders():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(N, 4, generator=g), torch.randint(0, 3, (N,), generator=g)
+    xv, yv = torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True), DataLoader(
+        TensorDataset(xv, yv), batch_size=BATCH
+    )
+
+
+class _StepLosses(ember.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, module, logs, batch_idx):
+        self.losses.append((trainer.global_step, logs["loss"].item()))
+
+
+def _events(log_dir):
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    return acc
+
+
+def _scalars(acc, tag):
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def _fit(tmp_path, logger=True, callbacks=(), epochs=EPOCHS, **kwargs):
+    model = _model()
+    train, val = _loaders()
+    trainer = ember.Trainer(
+        max_epochs=epochs,
+        logger=logger,
+        default_root_dir=tmp_path,
+        seed=0,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_report=False,
+        callbacks=list(callbacks),
+        **kwargs,
+    )
+    history = trainer.fit(model, train, val)
+    return model, trainer, history
+
+
+@pytest.fixture(scope="module")
+def tb_run(tmp_path_factory):
+    steps = _StepLosses()
+    model, trainer, history = _fit(
+        tmp_path_factory.mktemp("tb"), callbacks=[steps], log_every_n_steps=1
+    )
+    return model, trainer, history, steps, _events(trainer.log_dir)
+
+
+def test_tensorboard_per_step_loss_matches_the_losses_of_the_steps(tb_run):
+    _, trainer, _, steps, acc = tb_run
+    logged = _scalars(acc, "step/loss")
+    assert [s for s, _ in logged] == list(range(1, EPOCHS * N // BATCH + 1))
+    assert [v for _, v in logged] == pytest.approx([v for _, v in steps.losses], rel=1e-6)
+    assert trainer.global_step == EPOCHS * N // BATCH
+
+
+@pytest.mark.parametrize("tag", ["loss", "accuracy", "val_loss", "val_accuracy", "lr"])
+def test_tensorboard_epoch_scalars_match_the_history(tb_run, tag):
+    _, _, history, _, acc = tb_run
+    logged = _scalars(acc, tag)
+    assert [s for s, _ in logged] == list(range(EPOCHS))
+    assert [v for _, v in logged] == pytest.approx(history.history[tag], rel=1e-6)
+
+
+def test_tensorboard_histograms_of_every_weight_and_gradient(tb_run):
+    model, _, _, _, acc = tb_run
+    tags = set(acc.Tags()["histograms"])
+    for name, p in model.named_parameters():
+        for kind in ("weights", "gradients"):
+            tag = f"{kind}/{name}"
+            assert tag in tags
+            events = acc.Histograms(tag)
+            assert [e.step for e in events] == list(range(EPOCHS))
+            assert events[-1].histogram_value.num == p.numel()
+    last = acc.Histograms(f"weights/{next(iter(dict(model.named_parameters())))}")[-1]
+    weight = next(iter(model.parameters())).detach()
+    assert last.histogram_value.min == pytest.approx(float(weight.min()), rel=1e-5)
+    assert last.histogram_value.max == pytest.approx(float(weight.max()), rel=1e-5)
+
+
+def test_tensorboard_graph_holds_the_model_ops(tb_run):
+    _, _, _, _, acc = tb_run
+    ops = {node.op for node in acc.Graph().node}
+    assert "aten::linear" in ops
+    assert "aten::relu" in ops
+
+
+def test_tensorboard_hparams_and_final_metrics(tb_run):
+    _, _, history, _, acc = tb_run
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = start.session_start_info.hparams
+    assert hparams["optimizer"].string_value == "sgd"
+    assert hparams["loss"].string_value == "cross_entropy"
+    assert hparams["lr"].number_value == pytest.approx(0.1)
+    assert hparams["seed"].number_value == 0
+    assert hparams["max_epochs"].number_value == EPOCHS
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    metric_tags = {m.name.tag for m in experiment.experiment.metric_infos}
+    assert {"hparam/loss", "hparam/val_loss", "hparam/val_accuracy"} <= metric_tags
+    for key in ("loss", "val_loss", "val_accuracy"):
+        assert _scalars(acc, f"hparam/{key}")[-1][1] == pytest.approx(history.history[key][-1])
+
+
+def test_tensorboard_files_live_in_numbered_versions(tmp_path):
+    _, first, _ = _fit(tmp_path, epochs=1)
+    _, second, _ = _fit(tmp_path, epochs=1)
+    assert first.log_dir == tmp_path / "default" / "version_0"
+    assert second.log_dir == tmp_path / "default" / "version_1"
+    assert list(first.log_dir.glob("events.out.tfevents.*"))
+    assert next_version(tmp_path / "default") == 2
+    assert (second.log_dir / "history.json").is_file()
+
+
+def test_log_every_n_steps_sets_the_per_step_frequency(tmp_path):
+    _, trainer, _ = _fit(tmp_path, epochs=2, log_every_n_steps=3)
+    assert [s for s, _ in _scalars(_events(trainer.log_dir), "step/loss")] == [3, 6]
+
+
+def test_histogram_frequency_and_graph_can_be_turned_down(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="quiet", histogram_every_n_epochs=2, log_graph=False)
+    model, trainer, _ = _fit(tmp_path, logger=logger, epochs=3)
+    acc = _events(trainer.log_dir)
+    name = next(iter(dict(model.named_parameters())))
+    assert [e.step for e in acc.Histograms(f"weights/{name}")] == [0, 2]
+    assert not acc.Tags()["graph"]
+
+
+def test_histograms_off_with_zero(tmp_path):
+    logger = TensorBoardLogger(tmp_path, histogram_every_n_epochs=0)
+    _, trainer, _ = _fit(tmp_path, logger=logger, epochs=1)
+    assert _events(trainer.log_dir).Tags()["histograms"] == []
+
+
+def test_csv_logger_rows_match_the_history(tmp_path):
+    _, trainer, history = _fit(tmp_path, logger=CSVLogger(tmp_path), log_every_n_steps=2)
+    with (trainer.log_dir / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    epoch_rows = [r for r in rows if r["loss"]]
+    assert [int(r["step"]) for r in epoch_rows] == list(range(EPOCHS))
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+        assert [float(r[key]) for r in epoch_rows] == pytest.approx(history.history[key])
+    step_rows = [r for r in rows if r["step/loss"]]
+    assert [int(r["step"]) for r in step_rows] == list(range(2, EPOCHS * N // BATCH + 1, 2))
+    with (trainer.log_dir / "hparams.csv").open(newline="") as f:
+        hparams = {row["name"]: row["value"] for row in csv.DictReader(f)}
+    assert hparams["optimizer"] == "sgd"
+    assert float(hparams["lr"]) == 0.1
+
+
+def test_several_loggers_share_one_run(tmp_path):
+    tb, csv_logger = TensorBoardLogger(tmp_path, name="both"), CSVLogger(tmp_path, name="both")
+    _, trainer, _ = _fit(tmp_path, logger=[tb, csv_logger], epochs=1)
+    assert trainer.log_dir == tb.log_dir
+    assert csv_logger.log_dir == tb.log_dir == tmp_path / "both" / "version_0"
+    assert (tb.log_dir / "metrics.csv").is_file()
+    assert list(tb.log_dir.glob("events.out.tfevents.*"))
+
+
+def test_logger_false_writes_no_event_files(tmp_path):
+    _, trainer, history = _fit(tmp_path, logger=False, epochs=1)
+    assert trainer.loggers == []
+    assert len(history.history["loss"]) == 1
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))
+
+
+def test_a_logger_of_the_wrong_type_is_refused(tmp_path):
+    with pytest.raises(TypeError, match=r"`logger` must be True, False, a Logger .*'tensorboard'"):
+        ember.Trainer(logger="tensorboard", default_root_dir=tmp_path)
+
+
+def test_logger_version_can_be_named(tmp_path):
+    assert Logger(tmp_path, name="exp", version="trial-a").log_dir == tmp_path / "exp" / "trial-a"
+    assert Logger(tmp_path, name="exp", version=7).log_dir == tmp_path / "exp" / "version_7"
