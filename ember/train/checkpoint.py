@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "copy_checkpoint",
     "FORMAT",
     "FORMAT_VERSION",
     "Checkpoint",
@@ -169,6 +170,41 @@ def save_checkpoint(
             shutil.rmtree(tmp, ignore_errors=True)
     logger.info("Saved checkpoint %s", path)
     return path
+
+
+def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Make `dst` a copy of the complete checkpoint `src`, atomically, with hard links where possible.
+
+    Checkpoint files are never modified in place (every save writes new files and renames), so
+    two directories may share them: keeping `last` beside a best-k checkpoint costs no second write.
+
+    Example:
+        >>> copy_checkpoint("ckpts/epoch=3-step=120", "ckpts/last")
+    """
+    src, dst = Path(src), Path(dst)
+    _read_meta(src)  # refuses to copy an incomplete or foreign directory
+    _check_replaceable(dst)
+    tmp: Path | None = None
+    done = False
+    try:
+        with _stage(dst, f"copying {src}"):
+            tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{dst.name}-", dir=dst.parent))
+            for name in (
+                WEIGHTS_FILE,
+                STATE_FILE,
+                META_FILE,
+            ):  # meta.json last: it marks completion
+                try:
+                    os.link(src / name, tmp / name)
+                except OSError:
+                    shutil.copy2(src / name, tmp / name)
+            _fsync_dir(tmp)
+        _move_into_place(tmp, dst)
+        done = True
+    finally:
+        if not done and tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dst
 
 
 def load_checkpoint(

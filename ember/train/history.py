@@ -43,10 +43,14 @@ class History:
         self.epochs = list(state["epochs"])
         self.epoch_info = list(state["epoch_info"])
 
+    def to_json(self) -> str:
+        """The history as JSON (what `history.json` holds)."""
+        return json.dumps(self.state_dict())
+
     def write(self, path: Path) -> None:
         """Write `history.json` atomically (a crash never leaves a half-written file)."""
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.state_dict()))
+        tmp.write_text(self.to_json())
         os.replace(tmp, path)
 
     def __repr__(self) -> str:

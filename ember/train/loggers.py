@@ -15,6 +15,8 @@ __all__ = ["Logger", "TensorBoardLogger", "CSVLogger", "next_version", "share_ve
 
 log = logging.getLogger(__name__)
 
+_HISTOGRAM_BINS = 30
+
 
 def next_version(root: Path) -> int:
     """The first unused `version_N` number under `root`."""
@@ -118,7 +120,9 @@ class TensorBoardLogger(Logger):
     def start(self, resume_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter  # lazy: imports tensorboard
 
-        self._writer = SummaryWriter(str(self.log_dir), purge_step=resume_step)
+        # A deep event queue: with the default (10) every add_scalar waits on TensorBoard's
+        # writer thread, which costs more per epoch than a short epoch's training.
+        self._writer = SummaryWriter(str(self.log_dir), purge_step=resume_step, max_queue=10_000)
 
     def log_hyperparams(self, params: dict) -> None:
         self._hparams = {k: _hparam_value(v) for k, v in params.items()}
@@ -149,10 +153,29 @@ class TensorBoardLogger(Logger):
                 self._histogram(f"gradients/{name}", p.grad, step)
 
     def _histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        # torch.histc + add_histogram_raw: ~20x faster than add_histogram's numpy binning, which
+        # otherwise costs more per epoch than a short epoch's training.
         values = values.detach().float().cpu().flatten()
         values = values[torch.isfinite(values)]  # a diverged run still gets its other histograms
-        if values.numel():
-            self._writer.add_histogram(tag, values, step)
+        if not values.numel():
+            return
+        lo, hi = values.min().item(), values.max().item()
+        if hi > lo:
+            counts = torch.histc(values, bins=_HISTOGRAM_BINS, min=lo, max=hi)
+            limits = torch.linspace(lo, hi, _HISTOGRAM_BINS + 1)[1:]
+        else:
+            counts, limits = torch.tensor([float(values.numel())]), torch.tensor([hi])
+        self._writer.add_histogram_raw(
+            tag,
+            min=lo,
+            max=hi,
+            num=values.numel(),
+            sum=values.sum().item(),
+            sum_squares=values.square().sum().item(),
+            bucket_limits=limits.tolist(),
+            bucket_counts=counts.tolist(),
+            global_step=step,
+        )
 
     def flush(self) -> None:
         if self._writer is not None:

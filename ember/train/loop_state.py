@@ -167,11 +167,16 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 
 def epoch_info(trainer: Trainer, program: Program) -> dict[str, Any]:
     seconds = time.monotonic() - trainer._epoch_start
-    norms = {}
+    names, tensors = [], []
     for name, p in program.module.named_parameters():
-        norms[f"norm/weight/{name}"] = float(_full(p.detach()).float().norm())
+        names.append(f"norm/weight/{name}")
+        tensors.append(_full(p.detach()).float())
         if p.grad is not None:
-            norms[f"norm/grad/{name}"] = float(_full(p.grad.detach()).float().norm())
+            names.append(f"norm/grad/{name}")
+            tensors.append(_full(p.grad.detach()).float())
+    # One fused kernel and one read for every norm: this runs after every epoch.
+    values = torch.stack(torch._foreach_norm(tensors)).tolist() if tensors else []
+    norms = dict(zip(names, values))
     return {
         "epoch_time": seconds,
         "samples_per_sec": trainer._epoch_samples / seconds if seconds > 0 else 0.0,

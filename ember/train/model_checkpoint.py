@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,25 +85,26 @@ class ModelCheckpoint(Callback):
 
     def _save(self, trainer: Trainer, logs: dict, epoch_done: bool = False) -> None:
         assert self.dirpath is not None
-        if self.save_last:
-            self.last_model_path = str(trainer.save_checkpoint(self.dirpath / "last", epoch_done))
-        if self.save_top_k == 0:
+        score = self._score(logs, epoch_done) if self.save_top_k != 0 else None
+        keep = score is not None and (
+            self.save_top_k == -1
+            or len(self.best_k) < self.save_top_k
+            or self._better(score, self.best_k[-1][0])
+        )
+        if not keep:
+            if self.save_last:
+                last = trainer.save_checkpoint(self.dirpath / "last", epoch_done)
+                self.last_model_path = str(last)
             return
-        score = self._score(logs, epoch_done)
-        if score is None:
-            return
-        if self.save_top_k != -1 and len(self.best_k) >= self.save_top_k:
-            if not self._better(score, self.best_k[-1][0]):
-                return
-        name = self._format(trainer, logs)
-        path = str(trainer.save_checkpoint(self.dirpath / name, epoch_done))
+        path = str(trainer.save_checkpoint(self.dirpath / self._format(trainer, logs), epoch_done))
+        if self.save_last:  # the same state: link its files instead of writing them twice
+            self.last_model_path = str(trainer.copy_checkpoint(path, self.dirpath / "last"))
         self.best_k = [item for item in self.best_k if item[1] != path]
         self.best_k.append((score, path))
         self.best_k.sort(key=lambda item: item[0], reverse=self.mode == "max" or not self.monitor)
         while self.save_top_k != -1 and len(self.best_k) > self.save_top_k:
             _, worst = self.best_k.pop()
-            if trainer.is_global_zero:
-                shutil.rmtree(worst, ignore_errors=True)
+            trainer.remove_checkpoint(worst)
 
     def _score(self, logs: dict, epoch_done: bool) -> float | None:
         if self.monitor is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -369,8 +370,27 @@ class Trainer:
 
     # -- checkpoints and logging ----------------------------------------------------------------
     def save_checkpoint(self, path: str | Path, epoch_done: bool = False) -> Path:
-        """Write a checkpoint directory with everything needed to resume exactly."""
+        """Write a checkpoint directory with everything needed to resume exactly.
+
+        Args:
+            path: the checkpoint directory (replaced atomically if it exists).
+            epoch_done: the current epoch is finished: resume at the next epoch's start.
+        """
         return loop_state.save(self, Path(path), epoch_done)
+
+    def copy_checkpoint(self, src: str | Path, dst: str | Path) -> Path:
+        """Make `dst` a copy of checkpoint `src` (rank 0 writes; hard links, no second write)."""
+        if self.is_global_zero:
+            from ember.train.checkpoint import copy_checkpoint
+
+            copy_checkpoint(src, dst)
+        self.strategy.barrier()
+        return Path(dst)
+
+    def remove_checkpoint(self, path: str | Path) -> None:
+        """Delete a checkpoint directory (rank 0 only)."""
+        if self.is_global_zero:
+            shutil.rmtree(path, ignore_errors=True)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Send values to every logger (rank 0 only); `step` defaults to the global step."""
