@@ -8,7 +8,9 @@ from ember import layers
 
 
 def _mlp():
-    return ember.Sequential([layers.Input((4,)), layers.Dense(16, activation="relu"), layers.Dense(3)])
+    return ember.Sequential(
+        [layers.Input((4,)), layers.Dense(16, activation="relu"), layers.Dense(3)]
+    )
 
 
 def test_sequential_fit_evaluate_predict(blobs):
@@ -71,7 +73,9 @@ def test_model_subclass_and_custom_train_step(blobs):
 
 def test_plain_module_with_trainer(blobs):
     x, y = blobs
-    net = ember.compile(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), "adam", "cross_entropy")
+    net = ember.compile(
+        nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), "adam", "cross_entropy"
+    )
     loader = ember.data.make_loader(x, y, batch_size=30, shuffle=True)
     history = ember.Trainer(max_epochs=2, enable_progress_bar=False).fit(net, loader)
     assert len(history.history["loss"]) == 2
@@ -121,7 +125,9 @@ def test_nan_loss_stops_with_message():
     model = _mlp()
     model.compile("sgd", "mse")
     x = np.full((8, 4), np.nan, np.float32)
-    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 1, batch 0.*terminate_on_nan"):
+    with pytest.raises(
+        FloatingPointError, match=r"loss is nan at epoch 1, batch 0.*terminate_on_nan"
+    ):
         model.fit(x, np.zeros((8, 3), np.float32), verbose=False)
 
 
@@ -135,7 +141,12 @@ def test_nan_loss_can_be_tolerated():
 
 def test_sequential_config_round_trip():
     model = ember.Sequential(
-        [layers.Input((1, 8, 8)), layers.Conv2D(4, 3, activation="relu"), layers.Flatten(), layers.Dense(10)]
+        [
+            layers.Input((1, 8, 8)),
+            layers.Conv2D(4, 3, activation="relu"),
+            layers.Flatten(),
+            layers.Dense(10),
+        ]
     )
     clone = ember.Sequential.from_config(model.get_config())
     clone.load_state_dict(model.state_dict())
