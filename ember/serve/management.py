@@ -153,7 +153,14 @@ def build_management_app(repository: Any, token: str) -> Starlette:
     for suffix, handler in (("/load", load), ("/unload", unload), ("/default", default),
                             ("/canary", canary), ("/labels", labels), ("/rollback", rollback)):  # fmt: skip
         routes.append(Route(base + suffix, guarded(handler), methods=["POST"]))
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, exception_handlers={404: _no_route, 405: _no_route})
+
+
+async def _no_route(request: Request, exc: Any) -> Response:
+    # JSON like every other answer (a name with "/" or "..%2F" in it lands here).
+    return error_response(
+        exc.status_code, f"No management route {request.method} {request.url.path}."
+    )
 
 
 def _field(payload: dict, key: str) -> Any:

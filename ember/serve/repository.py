@@ -82,6 +82,7 @@ class _Model:
         self.history: list[tuple[int | None, tuple[int, float] | None]] = []
         self.serving: list[int] = []  # AVAILABLE versions, newest first (rebuilt on each change)
         self.preferred: list[int] = []
+        self.gone: set[int] = set()  # versions whose directory has left the disk
 
     def rebuild(self) -> None:
         self.serving = sorted(
@@ -413,15 +414,18 @@ class ModelRepository:
             settled = entry is not None and entry.state != "END" and entry.fingerprint == fp
             if settled or (entry is not None and entry.state in ("LOADING", "UNLOADING")):
                 continue
-            if not immediate and self._seen.get((name, v)) != fp:
+            known = entry is not None and entry.fingerprint == fp  # loaded before: stable
+            if not immediate and not known and self._seen.get((name, v)) != fp:
                 self._seen[(name, v)] = fp  # load once the files stop changing
                 continue
             if v in _wanted(model, versions, self._failed(model, versions)):
                 todo.append(self._load(model, v, path, fp))
-        for v in list(model.entries):
-            if v not in versions:
-                todo.append(self._retire(model, v))
-        return todo
+        model.gone = {v for v in model.entries if v not in versions}
+        retire = [self._retire(model, v) for v in sorted(model.gone)]
+        if todo and any(model.entries[v].state == "AVAILABLE" for v in model.gone):
+            # A serving version was deleted: it serves until its replacement is ready (no gap).
+            return [_in_order(todo, retire)]
+        return todo + retire
 
     def _failed(self, model: _Model, versions: dict) -> set[int]:
         return {
@@ -467,7 +471,11 @@ class ModelRepository:
     async def _retire_unwanted(self, model: _Model) -> None:
         if any(e.state == "LOADING" for e in model.entries.values()):
             return  # traffic moves only when every new version has settled
-        on_disk = {v: (None, e.fingerprint) for v, e in model.entries.items() if e.state != "END"}
+        on_disk = {
+            v: (None, e.fingerprint)
+            for v, e in model.entries.items()
+            if e.state != "END" and v not in model.gone
+        }
         wanted = _wanted(model, on_disk, self._failed(model, on_disk))
         await asyncio.gather(
             *(
@@ -520,6 +528,11 @@ class ModelRepository:
         )
         labels = {str(k): int(v) for k, v in (config.get("labels") or {}).items()}
         return policy, labels
+
+
+async def _in_order(first: list, then: list) -> None:
+    await asyncio.gather(*first)
+    await asyncio.gather(*then)
 
 
 def _wanted(model: _Model, versions: dict, failed: set[int]) -> set[int]:
