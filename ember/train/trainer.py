@@ -249,6 +249,8 @@ class Trainer:
         acc, optimizer, precision = self.accumulate_grad_batches, self.optimizer, self.precision
         to_device = loop_state.batch_mover(self.device)
         start_batch = self.batch_in_epoch
+        check_nan, log_every = self.terminate_on_nan, self.log_every_n_steps
+        every_step = self.device.type == "cpu"
         for batch_idx, batch in enumerate(loader, start=start_batch):
             if self.limit_train_batches is not None and batch_idx >= self.limit_train_batches:
                 break
@@ -258,8 +260,13 @@ class Trainer:
             with precision.autocast():
                 logs = program.train_step(batch)
             loss = logs["loss"]
-            # One scalar read (what bool(torch.isfinite(loss)) syncs for anyway), 8 us cheaper.
-            if self.terminate_on_nan and not math.isfinite(loss.item()):
+            # One scalar read per step on CPU, where it is free; an accelerator would stall on a
+            # sync every step, so there the loss is checked at the logging interval.
+            if (
+                check_nan
+                and (every_step or batch_idx % log_every == 0)
+                and not math.isfinite(loss.item())
+            ):
                 raise FloatingPointError(_nan_message(loss, self.current_epoch, batch_idx))
             precision.backward(loss / acc if acc > 1 else loss)
             self._epoch_loss_sum += loss.detach() * (n := loop_state.batch_size(batch))
