@@ -38,11 +38,12 @@ def _median_seconds(fn: Callable[[], object], repeats: int = REPEATS) -> float:
 
 
 def _runners(model: torch.nn.Module, path: Path) -> dict[str, Callable]:
-    import onnxruntime as ort
     from executorch.runtime import Runtime
 
+    from ember.serve.runtime import ort_session
+
     def ort_runner(file: Path) -> Callable:
-        session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+        session = ort_session(file)  # configured as `ember serve` runs it
         return lambda x: session.run(None, {"input": x.numpy()})
 
     method = Runtime.get().load_program(path / "mobile/model.pte").load_method("forward")
