@@ -1,0 +1,98 @@
+"""The `ember` command line, as a user runs it."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from ember.cli import main
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("train", "demo", "inspect", "export", "serve", "report"):
+        assert command in out
+
+
+@pytest.mark.parametrize("command", ["train", "demo", "inspect", "export", "serve", "report"])
+def test_each_command_has_help(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "usage: ember " + command in capsys.readouterr().out
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve", "no/such/repository"], "does not exist"),
+        (["inspect", "no_package"], "no_package"),
+        (["report", "."], "history.json"),
+    ],
+)
+def test_bad_paths_give_a_clear_error(argv, message, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and message in err
+    assert "Traceback" not in err
+
+
+def test_bad_option_values_are_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--epochs", "0"])
+    assert exit_info.value.code == 2
+    assert "expected a positive integer, received 0" in capsys.readouterr().err
+
+
+def test_export_rejects_an_unknown_target(tmp_path, capsys):
+    import torch
+
+    import ember
+
+    pkg = ember.save(torch.nn.Linear(4, 2), tmp_path / "pkg", example_input=torch.zeros(2, 4))
+    assert main(["export", str(pkg), "--to", "onnx,tflite"]) == 1
+    assert "Unknown export target(s) ['tflite']" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_demo_trains_to_095_exports_serves_and_answers_every_protocol(tmp_path):
+    # The default training settings (what `make demo` runs); fewer export targets to stay quick.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ember.cli",
+            "demo",
+            "--output",
+            str(tmp_path),
+            "--to",
+            "onnx,int8",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    accuracy = float(re.search(r"test accuracy: ([0-9.]+)", result.stdout).group(1))
+    assert accuracy >= 0.95
+    answers = re.findall(
+        r"^(KServe v2 REST|TF Serving REST|TorchServe REST|KServe v2 gRPC)\s+predicted (\[.*?\])",
+        result.stdout,
+        re.M,
+    )
+    assert len(answers) == 4
+    assert len({a[1] for a in answers}) == 1  # every protocol gives the same predictions
+    manifest = json.loads((tmp_path / "model" / "ember.json").read_text())
+    assert set(manifest["targets"]) == {"onnx", "int8"}
+    assert manifest["targets"]["onnx"]["max_abs_diff"] < 1e-4
+    assert (tmp_path / "runs" / "digits" / "version_0" / "report.html").is_file()
