@@ -62,9 +62,9 @@ def train_digits(model: nn.Module, steps: int = 100) -> tuple[nn.Module, float]:
     return model, accuracy
 
 
-def _package(tmp_path_factory: pytest.TempPathFactory, name: str, model: nn.Module):
-    torch.manual_seed(0)
-    model, accuracy = train_digits(model)
+def _package(tmp_path_factory: pytest.TempPathFactory, name: str, build):
+    torch.manual_seed(0)  # before building: the initial weights must not depend on test order
+    model, accuracy = train_digits(build())
     _, _, x_test, _ = digits_data()
     return package.save(
         model,
@@ -89,13 +89,13 @@ def digits_test_data() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="session")
 def digits_mlp_package(tmp_path_factory: pytest.TempPathFactory):
     """A package dir holding a trained digits MLP (64-128-10), no targets exported yet."""
-    return _package(tmp_path_factory, "digits_mlp", digits_mlp())
+    return _package(tmp_path_factory, "digits_mlp", digits_mlp)
 
 
 @pytest.fixture(scope="session")
 def digits_cnn_package(tmp_path_factory: pytest.TempPathFactory):
     """A package dir holding a trained digits CNN (two convs + MLP head), no targets yet."""
-    return _package(tmp_path_factory, "digits_cnn", digits_cnn())
+    return _package(tmp_path_factory, "digits_cnn", digits_cnn)
 
 
 def copy_package(source, tmp_path):
