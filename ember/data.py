@@ -8,10 +8,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-__all__ = ["as_dataset", "make_loader", "split_dataset", "load_digits"]
+__all__ = ["as_tensor", "as_dataset", "make_loader", "split_dataset", "load_digits"]
 
 
-def _as_tensor(a: Any, name: str) -> torch.Tensor:
+def as_tensor(a: Any, name: str) -> torch.Tensor:
+    """A tensor from a tensor, a numpy array or a list (float64 becomes float32, as torch layers expect).
+
+    Args:
+        a: the data.
+        name: the argument's name, for the error message.
+
+    Example:
+        >>> as_tensor(np.zeros((2, 3)), "x").dtype
+        torch.float32
+    """
     if isinstance(a, torch.Tensor):
         return a
     if isinstance(a, np.ndarray):
@@ -19,7 +29,7 @@ def _as_tensor(a: Any, name: str) -> torch.Tensor:
         # Keras users pass float64 numpy arrays; torch layers expect float32.
         return t.float() if t.dtype == torch.float64 else t
     if isinstance(a, (list, tuple)):
-        return _as_tensor(np.asarray(a), name)
+        return as_tensor(np.asarray(a), name)
     raise TypeError(
         f"Received an invalid value for `{name}`: expected a numpy array, a torch.Tensor, a Dataset or "
         f"a DataLoader. Received: {type(a).__name__}"
@@ -42,10 +52,10 @@ def as_dataset(x: Any, y: Any = None) -> Dataset:
                 "`y` must be None when `x` is a Dataset (the Dataset yields the targets)."
             )
         return x
-    xt = _as_tensor(x, "x")
+    xt = as_tensor(x, "x")
     if y is None:
         return TensorDataset(xt)
-    yt = _as_tensor(y, "y")
+    yt = as_tensor(y, "y")
     if len(xt) != len(yt):
         raise ValueError(
             f"`x` and `y` must have the same number of samples. Received: len(x)={len(xt)}, len(y)={len(yt)}"

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ember.data import as_tensor
+
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
@@ -426,8 +428,7 @@ class _Program(torch.nn.Module):
 
 def _check_tensor(arg: str, value: Any) -> torch.Tensor:
     if isinstance(value, np.ndarray):  # Keras users hold numpy arrays
-        value = torch.from_numpy(np.ascontiguousarray(value))
-        value = value.float() if value.dtype == torch.float64 else value
+        value = as_tensor(value, arg)
     if not isinstance(value, torch.Tensor) or value.dim() < 1 or value.shape[0] < 1:
         got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         raise ValueError(
