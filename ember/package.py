@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import zipfile
@@ -311,6 +312,20 @@ def remove_target(path: str | os.PathLike, target: str, files: list[str]) -> Non
         manifest["files"].pop(name, None)
     manifest.get("targets", {}).pop(target, None)
     write_manifest(path, manifest)
+
+
+def remove_target_dir(path: str | os.PathLike, target: str) -> None:
+    """Delete a target that lives in its own folder (`web/`, `cpp/`): its files, record and folder.
+
+    Example:
+        >>> remove_target_dir("digits", "web")
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    old = [name for name in manifest["files"] if name.startswith(f"{target}/")]
+    if old or target in manifest.get("targets", {}):
+        remove_target(path, target, old)
+    shutil.rmtree(path / target, ignore_errors=True)
 
 
 def verify_files(path: Path, manifest: dict, names: list[str] | None = None) -> None:

@@ -79,7 +79,7 @@ def export_cpp(
     pkg = Path(package_dir)
     manifest = package.read_manifest(pkg)
     inputs, expected = package.load_sample(pkg)
-    _remove_old(pkg, manifest)
+    package.remove_target_dir(pkg, "cpp")
     (pkg / "cpp").mkdir(exist_ok=True)
     try:
         start = time.perf_counter()
@@ -261,13 +261,6 @@ def _compile(pkg: Path, inputs: torch.Tensor, dynamic_batch: bool) -> bool:
     except Exception as exc:
         raise ExportError("Cannot compile the C++ target: " + way_out(exc)) from exc
     return dynamic
-
-
-def _remove_old(pkg: Path, manifest: dict) -> None:
-    old = [name for name in manifest["files"] if name.startswith("cpp/")]
-    if old or "cpp" in manifest.get("targets", {}):
-        package.remove_target(pkg, "cpp", old)
-    shutil.rmtree(pkg / "cpp", ignore_errors=True)
 
 
 def _run_tool(cmd: list[str], what: str) -> None:

@@ -75,7 +75,7 @@ def export_web(
     manifest = _ensure_onnx(pkg)
     inputs, expected = package.load_sample(pkg)
     npm_dir = ensure_npm_runtime(cache_dir=cache_dir)
-    _remove_old_bundle(pkg, manifest)
+    package.remove_target_dir(pkg, "web")
     web = pkg / "web"
     try:
         _write_bundle(web, pkg / manifest["targets"]["onnx"]["file"], manifest, npm_dir)
@@ -186,13 +186,6 @@ def _ensure_onnx(pkg: Path) -> dict:
         manifest = package.read_manifest(pkg)
     package.verify_files(pkg, manifest, names=[manifest["targets"]["onnx"]["file"]])
     return manifest
-
-
-def _remove_old_bundle(pkg: Path, manifest: dict) -> None:
-    old = [name for name in manifest["files"] if name.startswith("web/")]
-    if old or "web" in manifest.get("targets", {}):
-        package.remove_target(pkg, "web", old)
-    shutil.rmtree(pkg / "web", ignore_errors=True)
 
 
 def _write_bundle(web: Path, onnx_file: Path, manifest: dict, npm_dir: Path) -> None:
