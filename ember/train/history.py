@@ -23,6 +23,7 @@ class History:
         self.history: dict[str, list[float]] = {}
         self.epochs: list[int] = []
         self.epoch_info: list[dict] = []
+        self._encoded: dict[str, list[str]] = {}  # JSON of values already written, by list
 
     def append(self, epoch: int, logs: dict[str, float], info: dict | None = None) -> None:
         n = len(self.epochs)
@@ -42,10 +43,29 @@ class History:
         self.history = {k: list(v) for k, v in state["history"].items()}
         self.epochs = list(state["epochs"])
         self.epoch_info = list(state["epoch_info"])
+        self._encoded = {}
 
     def to_json(self) -> str:
-        """The history as JSON (what `history.json` holds)."""
-        return json.dumps(self.state_dict())
+        """The history as JSON (what `history.json` holds).
+
+        Values only ever get appended, so each is encoded once and cached: writing the file after
+        every epoch costs the new epoch's values plus a string join, not the whole run again.
+        """
+        lists = {f"history/{k}": v for k, v in self.history.items()}
+        lists["epochs"], lists["epoch_info"] = self.epochs, self.epoch_info
+        enc = {key: self._encode(key, values) for key, values in lists.items()}
+        history = ", ".join(f"{json.dumps(k)}: {enc[f'history/{k}']}" for k in self.history)
+        return (
+            f'{{"history": {{{history}}}, "epochs": {enc["epochs"]}, '
+            f'"epoch_info": {enc["epoch_info"]}}}'
+        )
+
+    def _encode(self, key: str, values: list) -> str:
+        done = self._encoded.setdefault(key, [])
+        if len(done) > len(values):  # the list was replaced or cut: encode it again
+            done.clear()
+        done.extend(json.dumps(v) for v in values[len(done) :])
+        return f"[{', '.join(done)}]"
 
     def write(self, path: Path) -> None:
         """Write `history.json` atomically (a crash never leaves a half-written file)."""

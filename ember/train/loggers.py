@@ -120,6 +120,7 @@ class TensorBoardLogger(Logger):
     def start(self, resume_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter  # lazy: imports tensorboard
 
+        _use_fast_crc32c()
         # A deep event queue: with the default (10) every add_scalar waits on TensorBoard's
         # writer thread, which costs more per epoch than a short epoch's training.
         self._writer = SummaryWriter(str(self.log_dir), purge_step=resume_step, max_queue=10_000)
@@ -236,3 +237,27 @@ class CSVLogger(Logger):
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             writer.writerows(self._rows)
+
+
+def _use_fast_crc32c() -> bool:
+    """Make TensorBoard checksum event records with google-crc32c's C code instead of pure Python.
+
+    Without TensorFlow, tensorboard's record writer computes CRC32C byte by byte in Python: about
+    90 us per histogram record, held under the GIL in its writer thread, which competes with the
+    training loop after every epoch. The C implementation gives the same checksums ~100x faster.
+    Returns whether the fast implementation is in use (False when google-crc32c is missing).
+    """
+    try:
+        import google_crc32c
+    except ImportError:
+        return False
+    if google_crc32c.implementation != "c":
+        return False
+    from tensorboard.summary.writer import record_writer
+
+    def masked_crc32c(data: bytes) -> int:  # tensorboard's masking, on the C checksum
+        x = google_crc32c.value(bytes(data))
+        return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    record_writer.masked_crc32c = masked_crc32c
+    return True

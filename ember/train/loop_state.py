@@ -87,9 +87,21 @@ def begin_epoch(trainer: Trainer, loader: Any) -> None:
     if trainer.limit_train_batches is not None and trainer.num_train_batches is not None:
         trainer.num_train_batches = min(trainer.num_train_batches, trainer.limit_train_batches)
     if not skip:
-        trainer._epoch_loss_sum = torch.zeros((), device=trainer.device)
+        trainer._epoch_loss_sum = _zero_loss_sum(trainer.device)
         trainer._epoch_samples = 0
     trainer._epoch_start = time.monotonic()
+
+
+def _zero_loss_sum(device: torch.device) -> float | torch.Tensor:
+    """The epoch's running loss sum: a Python float on CPU (the loop reads each loss anyway), a
+    device tensor elsewhere (no host sync per step)."""
+    return 0.0 if device.type == "cpu" else torch.zeros((), device=device)
+
+
+def _loss_sum_state(total: float | torch.Tensor) -> torch.Tensor:
+    if isinstance(total, torch.Tensor):
+        return total.detach().cpu()
+    return torch.tensor(total, dtype=torch.float64)
 
 
 def _safe_len(loader: Any) -> int | None:
@@ -154,7 +166,10 @@ def materialize(module: torch.nn.Module, loader: Any, device: torch.device) -> N
 
 # -- epoch logs -----------------------------------------------------------------------------------
 def epoch_train_logs(trainer: Trainer, program: Program) -> dict[str, float]:
-    total = trainer.strategy.reduce_mean(trainer._epoch_loss_sum / max(trainer._epoch_samples, 1))
+    mean = torch.as_tensor(trainer._epoch_loss_sum, device=trainer.device) / max(
+        trainer._epoch_samples, 1
+    )
+    total = trainer.strategy.reduce_mean(mean)
     logs = {"loss": float(total)}
     logs.update(program.compute_metrics("train", trainer.strategy))
     return logs
@@ -203,7 +218,7 @@ def save(trainer: Trainer, path: Path, epoch_done: bool) -> Path:
             "scaler": trainer.precision.scaler.state_dict() if trainer.precision.scaler else None,
             "rng": get_rng_state(),
             "callbacks": trainer._runner.state_dict(),
-            "loss_sum": None if epoch_done else trainer._epoch_loss_sum.detach().cpu(),
+            "loss_sum": None if epoch_done else _loss_sum_state(trainer._epoch_loss_sum),
             "metrics": metric_state,
         }
         meta = {
@@ -297,11 +312,12 @@ def restore(trainer: Trainer, program: Program, ckpt: Any) -> None:
     trainer.history.load_state_dict(meta["history"])
     trainer.logged_metrics = dict(meta["logged_metrics"])
     trainer._epoch_samples = meta["samples_in_epoch"]
-    trainer._epoch_loss_sum = (
-        state["loss_sum"].to(trainer.device)
-        if state["loss_sum"] is not None
-        else torch.zeros((), device=trainer.device)
-    )
+    trainer._epoch_loss_sum = _zero_loss_sum(trainer.device)
+    if state["loss_sum"] is not None:  # float64 when the sum was a float: restored exactly
+        saved = state["loss_sum"]
+        trainer._epoch_loss_sum = (
+            float(saved) if trainer.device.type == "cpu" else saved.to(trainer.device)
+        )
     _load_metric_states(program.module, state["metrics"])
     set_rng_state(state["rng"])
     log.info(

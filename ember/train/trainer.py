@@ -250,7 +250,7 @@ class Trainer:
         to_device = loop_state.batch_mover(self.device)
         start_batch = self.batch_in_epoch
         check_nan, log_every = self.terminate_on_nan, self.log_every_n_steps
-        every_step = self.device.type == "cpu"
+        on_cpu = self.device.type == "cpu"
         for batch_idx, batch in enumerate(loader, start=start_batch):
             if self.limit_train_batches is not None and batch_idx >= self.limit_train_batches:
                 break
@@ -259,17 +259,17 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
             with precision.autocast():
                 logs = program.train_step(batch)
-            loss = logs["loss"]
-            # One scalar read per step on CPU, where it is free; an accelerator would stall on a
-            # sync every step, so there the loss is checked at the logging interval.
-            if (
-                check_nan
-                and (every_step or batch_idx % log_every == 0)
-                and not math.isfinite(loss.item())
-            ):
-                raise FloatingPointError(_nan_message(loss, self.current_epoch, batch_idx))
+            loss, n = logs["loss"], loop_state.batch_size(batch)
+            if on_cpu:  # one scalar read per step, free on CPU: checks and sums the loss
+                value = loss.item()
+                if check_nan and not math.isfinite(value):
+                    raise FloatingPointError(_nan_message(loss, self.current_epoch, batch_idx))
+                self._epoch_loss_sum += value * n
+            else:  # a read would stall the accelerator every step: check at the log interval
+                if check_nan and batch_idx % log_every == 0 and not math.isfinite(loss.item()):
+                    raise FloatingPointError(_nan_message(loss, self.current_epoch, batch_idx))
+                self._epoch_loss_sum += loss.detach() * n
             precision.backward(loss / acc if acc > 1 else loss)
-            self._epoch_loss_sum += loss.detach() * (n := loop_state.batch_size(batch))
             self._epoch_samples += n
             self.batch_in_epoch = batch_idx + 1
             self.at_step_boundary = (

@@ -202,3 +202,16 @@ def test_a_logger_of_the_wrong_type_is_refused(tmp_path):
 def test_logger_version_can_be_named(tmp_path):
     assert Logger(tmp_path, name="exp", version="trial-a").log_dir == tmp_path / "exp" / "trial-a"
     assert Logger(tmp_path, name="exp", version=7).log_dir == tmp_path / "exp" / "version_7"
+
+
+def test_tensorboard_records_use_the_c_crc32c_with_identical_checksums(tmp_path):
+    import os
+
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+    from tensorboard.summary.writer import record_writer
+
+    TensorBoardLogger(tmp_path).start()
+    assert record_writer.masked_crc32c is not masked_crc32c
+    for n in (0, 1, 7, 100, 4097):
+        data = os.urandom(n)
+        assert record_writer.masked_crc32c(data) == masked_crc32c(data)
