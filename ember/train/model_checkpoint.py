@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,10 @@ class ModelCheckpoint(Callback):
         save_last: also keep an always-current `last` checkpoint.
         every_n_epochs: save at the end of every n-th epoch (0 disables).
         every_n_train_steps: save every n optimizer steps, mid-epoch (None disables).
+        min_interval: seconds. A save that would only refresh `last` is skipped when the previous
+            save ended less than this long ago; a new best-k checkpoint and the final epoch of
+            `fit` are always written. It bounds the cost of checkpointing when epochs are short
+            (the Trainer's default callback uses 10 s); 0 saves at every chance.
 
     Example:
         >>> ModelCheckpoint(monitor="val_accuracy", save_top_k=2, every_n_train_steps=100)
@@ -44,6 +49,7 @@ class ModelCheckpoint(Callback):
         save_last: bool = True,
         every_n_epochs: int = 1,
         every_n_train_steps: int | None = None,
+        min_interval: float = 0.0,
     ) -> None:
         if save_top_k < -1:
             raise ValueError(f"`save_top_k` must be >= -1. Received: save_top_k={save_top_k}")
@@ -52,13 +58,19 @@ class ModelCheckpoint(Callback):
                 f"`every_n_train_steps` must be a positive integer or None. "
                 f"Received: every_n_train_steps={every_n_train_steps}"
             )
+        if min_interval < 0:
+            raise ValueError(
+                f"`min_interval` must be >= 0 seconds. Received: min_interval={min_interval}"
+            )
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self.filename, self.monitor = filename, monitor
         self.mode = _resolve_mode(mode, monitor or "step")
         self.save_top_k, self.save_last = save_top_k, save_last
         self.every_n_epochs, self.every_n_train_steps = every_n_epochs, every_n_train_steps
+        self.min_interval = min_interval
         self.best_k: list[tuple[float, str]] = []  # (score, path), best first
         self.last_model_path: str | None = None
+        self._last_save: float | None = None  # time.monotonic() when the previous save ended
 
     @property
     def best_model_path(self) -> str | None:
@@ -81,9 +93,11 @@ class ModelCheckpoint(Callback):
     def on_epoch_end(self, trainer: Trainer, module: Any, logs: dict) -> None:
         n = self.every_n_epochs
         if n and (trainer.current_epoch + 1) % n == 0:
-            self._save(trainer, logs, epoch_done=True)
+            self._save(trainer, logs, epoch_done=True, final=trainer.is_last_epoch)
 
-    def _save(self, trainer: Trainer, logs: dict, epoch_done: bool = False) -> None:
+    def _save(
+        self, trainer: Trainer, logs: dict, epoch_done: bool = False, final: bool = False
+    ) -> None:
         assert self.dirpath is not None
         score = self._score(logs, epoch_done) if self.save_top_k != 0 else None
         keep = score is not None and (
@@ -92,9 +106,10 @@ class ModelCheckpoint(Callback):
             or self._better(score, self.best_k[-1][0])
         )
         if not keep:
-            if self.save_last:
+            if self.save_last and (final or self._interval_passed()):
                 last = trainer.save_checkpoint(self.dirpath / "last", epoch_done)
                 self.last_model_path = str(last)
+                self._last_save = time.monotonic()
             return
         path = str(trainer.save_checkpoint(self.dirpath / self._format(trainer, logs), epoch_done))
         if self.save_last:  # the same state: link its files instead of writing them twice
@@ -105,6 +120,10 @@ class ModelCheckpoint(Callback):
         while self.save_top_k != -1 and len(self.best_k) > self.save_top_k:
             _, worst = self.best_k.pop()
             trainer.remove_checkpoint(worst)
+        self._last_save = time.monotonic()
+
+    def _interval_passed(self) -> bool:
+        return self._last_save is None or time.monotonic() - self._last_save >= self.min_interval
 
     def _score(self, logs: dict, epoch_done: bool) -> float | None:
         if self.monitor is None:

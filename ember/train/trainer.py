@@ -196,6 +196,15 @@ class Trainer:
         self._finish_logging(final=True)
         return self.history
 
+    @property
+    def is_last_epoch(self) -> bool:
+        """In the current epoch's hooks: whether `fit` stops after this epoch."""
+        return (
+            self.should_stop
+            or (self.max_epochs is not None and self.current_epoch + 1 >= self.max_epochs)
+            or (self.max_steps is not None and self.global_step >= self.max_steps)
+        )
+
     def _done(self) -> bool:
         if self.should_stop:
             return True
@@ -468,7 +477,9 @@ def _default_callbacks(
     if progress and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.insert(0, ProgressBar())
     if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-        callbacks.append(ModelCheckpoint())
+        # `last` only, refreshed at most every 10 s and at the end: with short epochs a durable
+        # save every epoch would cost more than the training (ModelCheckpoint() saves every epoch).
+        callbacks.append(ModelCheckpoint(save_top_k=0, min_interval=10.0))
     if report:
         from ember.report.callback import ReportCallback
 

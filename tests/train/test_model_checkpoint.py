@@ -147,7 +147,48 @@ def test_default_checkpoints_go_to_the_run_directory(tmp_path):
     trainer.fit(_model(), _data())
     ckpt = trainer.checkpoint_callback
     assert ckpt.dirpath == trainer.log_dir / "checkpoints"
-    assert _names(ckpt.dirpath) == ["epoch=0-step=4", "last"]
+    assert _names(ckpt.dirpath) == ["last"]
+    assert (ckpt.save_top_k, ckpt.min_interval) == (0, 10.0)
+    assert load_checkpoint(ckpt.dirpath / "last").meta["global_step"] == 4
+
+
+class _CountSaves(Callback):
+    """Records the epochs at which the trainer wrote a checkpoint."""
+
+    def __init__(self):
+        self.epochs = []
+
+    def on_fit_start(self, trainer, module):
+        save = trainer.save_checkpoint
+
+        def counting(path, epoch_done=False):
+            self.epochs.append((trainer.current_epoch, path.name))
+            return save(path, epoch_done)
+
+        trainer.save_checkpoint = counting
+
+
+def test_min_interval_skips_last_refreshes_but_keeps_the_first_and_final_epoch(tmp_path):
+    counter = _CountSaves()
+    trainer = _fit(
+        tmp_path, ModelCheckpoint(tmp_path, save_top_k=0, min_interval=3600), [counter], 4
+    )
+    assert counter.epochs == [(0, "last"), (3, "last")]
+    assert load_checkpoint(tmp_path / "last").meta["global_step"] == trainer.global_step == 16
+
+
+def test_min_interval_never_skips_a_new_best_checkpoint(tmp_path):
+    counter = _CountSaves()
+    ckpt = ModelCheckpoint(tmp_path, "e{epoch}", monitor="score", min_interval=3600)
+    _fit(tmp_path, ckpt, [_Scores([3.0, 2.0, 5.0, 1.0, 4.0]), counter], epochs=5)
+    # Epochs 1 and 3 improve the score; epoch 2 only refreshes `last` (skipped), 4 is final.
+    assert counter.epochs == [(0, "e0"), (1, "e1"), (3, "e3"), (4, "last")]
+    assert ckpt.best_model_path == str(tmp_path / "e3")
+
+
+def test_min_interval_must_not_be_negative():
+    with pytest.raises(ValueError, match="min_interval.*Received: min_interval=-1"):
+        ModelCheckpoint(min_interval=-1)
 
 
 def test_checkpoint_callback_runs_after_the_others(tmp_path):
