@@ -70,7 +70,10 @@ class ProgressBar(Callback):
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[metrics]}"),
                 console=self._console,
-                transient=False,
+                # Drawn from the training thread at `refresh_interval`: a background refresh
+                # thread would contend with the training loop for the GIL.
+                auto_refresh=False,
+                transient=True,
             )
             self._progress.start()
 
@@ -91,23 +94,24 @@ class ProgressBar(Callback):
             return
         self._next = now + self.refresh_interval
         self._progress.update(
-            self._task, completed=batch_idx + 1, metrics=f"loss: {logs['loss'].item():.4g}"
+            self._task,
+            completed=batch_idx + 1,
+            metrics=f"loss: {logs['loss'].item():.4g}",
+            refresh=True,
         )
 
     def on_epoch_end(self, trainer: Trainer, module: Any, logs: dict) -> None:
-        text = format_logs(logs)
-        if self._progress is not None:
-            self._progress.update(
-                self._task, completed=trainer.num_train_batches or 0, metrics=text
-            )
-            return
         seconds = time.monotonic() - self._epoch_start
         epochs = trainer.max_epochs or "?"
-        self._console.print(
-            f"Epoch {trainer.current_epoch + 1}/{epochs} - {seconds:.1f}s - {text}",
-            markup=False,
-            soft_wrap=True,  # one line per epoch in log files, however many metrics
-        )
+        line = f"Epoch {trainer.current_epoch + 1}/{epochs} - {seconds:.1f}s - {format_logs(logs)}"
+        if self._progress is not None:  # the finished epoch becomes a line above the live bar
+            self._progress.remove_task(self._task)
+            self._task = None
+            self._progress.console.print(line, markup=False, soft_wrap=True)
+            self._progress.refresh()
+            return
+        # One line per epoch in log files, however many metrics.
+        self._console.print(line, markup=False, soft_wrap=True)
 
     def on_fit_end(self, trainer: Trainer, module: Any) -> None:
         self._stop()

@@ -99,6 +99,9 @@ def test_rich_bar_on_a_terminal(monkeypatch):
     assert "Epoch 1/2" in text and "Epoch 2/2" in text
     assert "4/4" in text  # the batch counter reached the end of the epoch
     assert "loss:" in text
+    # Each finished epoch stays as one line; only the running epoch has a live bar.
+    assert re.search(r"Epoch 1/2 - \d+\.\ds - loss: ", text)
+    assert re.search(r"Epoch 2/2 - \d+\.\ds - loss: ", text)
     assert bar._progress is None  # stopped at the end of fit
 
 
