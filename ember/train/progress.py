@@ -27,14 +27,16 @@ class ProgressBar(Callback):
     """Show progress per epoch. Added by the Trainer unless `enable_progress_bar=False`.
 
     Args:
-        refresh_interval: seconds between bar updates (the per-step cost stays a clock read).
+        refresh_interval: seconds between bar redraws. Between them a step costs one clock read;
+            a redraw costs about a millisecond of rich layout, so 2 per second keep the bar's
+            cost near 0.1% of training time.
         stream: where to write; default stdout. A non-TTY stream gets one plain line per epoch.
 
     Example:
         >>> ember.Trainer(callbacks=[ProgressBar(refresh_interval=0.5)])
     """
 
-    def __init__(self, refresh_interval: float = 0.1, stream: Any = None) -> None:
+    def __init__(self, refresh_interval: float = 0.5, stream: Any = None) -> None:
         self.refresh_interval = refresh_interval
         self.stream = stream
         self._progress = None
