@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(
+    sub: Any, name: str, func: Callable[[argparse.Namespace], int], **kwargs: Any
+) -> argparse.ArgumentParser:
+    """Add the subcommand `name` (`help`, `description`, ... in kwargs) that runs `func`."""
+    p = sub.add_parser(name, **kwargs)
+    p.set_defaults(func=func)
+    return p
+
+
 def _console(stderr: bool = False):
     from rich.console import Console
 
@@ -80,14 +90,15 @@ def _training_options(p: argparse.ArgumentParser, epochs: int = 15) -> None:
 
 
 def _add_train(sub: Any) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "train",
+        _cmd_train,
         help="train the built-in digits CNN",
         description="Train a small CNN on scikit-learn's bundled 8x8 digits (no download). Writes "
         "TensorBoard logs and checkpoints to OUTPUT/runs and the model package to OUTPUT/model.",
     )
     _training_options(p)
-    p.set_defaults(func=_cmd_train)
 
 
 def _train(args: argparse.Namespace) -> dict:
@@ -123,8 +134,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 # -- demo -----------------------------------------------------------------------------------------
 def _add_demo(sub: Any) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "demo",
+        _cmd_demo,
         help="train, export to every target, serve and query the digits model",
         description="The whole life of a model, offline: train on digits, export to every target "
         "with its parity check, then serve it and query each protocol.",
@@ -132,7 +145,6 @@ def _add_demo(sub: Any) -> None:
     _training_options(p)
     p.add_argument("--to", default=_TARGETS, help=f"export targets (default {_TARGETS})")
     p.add_argument("--no-serve", action="store_true", help="skip serving and querying")
-    p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -143,13 +155,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # -- inspect / export -----------------------------------------------------------------------------
 def _add_inspect(sub: Any) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "inspect",
+        _cmd_inspect,
         help="show a model package's signature, targets and parity figures",
         description="Print a model package's signature, the export targets present and their parity.",
     )
     p.add_argument("package", type=Path, help="model package directory")
-    p.set_defaults(func=_cmd_inspect)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -160,8 +173,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: Any) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "export",
+        _cmd_export,
         help="export a model package to onnx, int8, mobile, web, cpp",
         description="Write export targets into a model package; each is checked against the trained "
         "model's outputs on the stored sample and its parity recorded in ember.json.",
@@ -178,7 +193,6 @@ def _add_export(sub: Any) -> None:
     p.add_argument(
         "--min-top1", type=float, default=0.99, help="int8 top-1 agreement (default 0.99)"
     )
-    p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -193,8 +207,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 # -- serve ----------------------------------------------------------------------------------------
 def _add_serve(sub: Any) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "serve",
+        _cmd_serve,
         help="serve a model repository, a package or an ONNX file",
         description="Serve models over KServe v2 (REST and gRPC), TF Serving and TorchServe REST. "
         "PATH is a repository (models/<name>/<version>/), one model package, or a model.onnx.",
@@ -234,7 +250,6 @@ def _add_serve(sub: Any) -> None:
     )
     p.add_argument("--grace-period", type=float, default=30.0, help="seconds to drain at shutdown")
     p.add_argument("--access-log", action="store_true", help="log every request")
-    p.set_defaults(func=_cmd_serve)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -265,8 +280,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 # -- report ---------------------------------------------------------------------------------------
 def _add_report(sub: Any) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "report",
+        _cmd_report,
         help="write a self-contained HTML training report",
         description="Write one HTML file (no network needed) with the curves of one or more runs.",
     )
@@ -275,7 +292,6 @@ def _add_report(sub: Any) -> None:
         "-o", "--output", type=Path, default=None, help="output file (default RUN/report.html)"
     )
     p.add_argument("--package", type=Path, default=None, help="model package whose parity to show")
-    p.set_defaults(func=_cmd_report)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -3,19 +3,19 @@
 A package is what every stage after training reads (export targets, the server, ``ember inspect``).
 Nothing in it is unpickled: tensors are safetensors, metadata is JSON, and the ``torch.export``
 program (``model.pt2``) is checked by ``load_program`` before torch reads it (see docs/export.md, "No pickle").
+
+This module saves and loads packages; the manifest (``ember.json``: reading, writing, file
+digests, export-target records) is in :mod:`ember.package_manifest`, the ``torch.export``
+program in :mod:`ember.package_program`. Both are re-exported here.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import os
-import shutil
 import subprocess
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,23 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ember.data import as_tensor
+from ember.package_manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,  # noqa: F401  (re-exported: ember.package.MANIFEST)
+    PROGRAM,
+    SAMPLE,
+    WEIGHTS,
+    PackageError,
+    read_manifest,
+    record_target,
+    remove_target,
+    remove_target_dir,
+    sha256_file,
+    verify_files,
+    write_manifest,
+)
+from ember.package_program import load_program, save_program
 
 __all__ = [
     "FORMAT",
@@ -36,6 +53,7 @@ __all__ = [
     "read_manifest",
     "record_target",
     "remove_target",
+    "remove_target_dir",
     "save",
     "verify_files",
     "write_manifest",
@@ -43,26 +61,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "ember.package"
-FORMAT_VERSION = 1
-MANIFEST = "ember.json"
-WEIGHTS = "weights.safetensors"
-PROGRAM = "model.pt2"
-SAMPLE = "sample.safetensors"
 MAX_SAMPLE_ROWS = 64
 _TASKS = (None, "classification", "regression")
-# Entries torch.export.save writes for a plain program (names inside the archive's top folder).
-_PT2_ALLOWED = ("archive_format", "archive_version", "byteorder", ".data/", "models/", "data/")
-_PT2_FORBIDDEN = (
-    "data/aotinductor/",
-    "data/executorch/",
-    "data/weights/model.pt",
-    "data/constants/model.pt",
-)
-
-
-class PackageError(ValueError):
-    """A model package is missing, malformed, tampered with, or too new for this ember."""
 
 
 def save(
@@ -125,7 +125,7 @@ def save(
         save_file(
             {"inputs": sample, "outputs": outputs.detach().cpu().contiguous()}, str(path / SAMPLE)
         )
-        export_error = _save_program(model, example_input, path / PROGRAM)
+        export_error = save_program(model, example_input, path / PROGRAM)
     finally:
         model.train(was_training)
 
@@ -145,7 +145,7 @@ def save(
         "architecture": _architecture(model),
         "provenance": _provenance(),
         "export_error": export_error,
-        "files": {f: _sha256(path / f) for f in files},
+        "files": {f: sha256_file(path / f) for f in files},
         "targets": {},
     }
     write_manifest(path, manifest)
@@ -196,64 +196,6 @@ def load(path: str | os.PathLike) -> torch.nn.Module:
     )
 
 
-def read_manifest(path: str | os.PathLike) -> dict:
-    """Read and validate ``ember.json``.
-
-    Args:
-        path: the package directory.
-
-    Returns:
-        The manifest as a dict.
-
-    Raises:
-        PackageError: missing/invalid manifest or a newer ``format_version`` than supported.
-
-    Example:
-        >>> read_manifest("digits")["signature"]["inputs"][0]["shape"]
-        [-1, 1, 8, 8]
-    """
-    file = Path(path) / MANIFEST
-    if not file.is_file():
-        raise PackageError(f"Not a model package: {file} is missing")
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PackageError(f"{file} is not valid JSON: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise PackageError(f"{file} is not an ember package manifest (format != {FORMAT!r})")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise PackageError(
-            f"Package format_version {version!r} is newer than this ember supports "
-            f"({FORMAT_VERSION}). Upgrade ember: pip install -U ember"
-        )
-    return manifest
-
-
-def write_manifest(path: str | os.PathLike, manifest: dict) -> None:
-    """Atomically write ``ember.json`` (temporary file, then rename).
-
-    Args:
-        path: the package directory.
-        manifest: the JSON-serialisable manifest.
-
-    Example:
-        >>> m = read_manifest("digits"); m["labels"] = list("0123456789"); write_manifest("digits", m)
-    """
-    path = Path(path)
-    text = json.dumps(manifest, indent=2, sort_keys=False, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=".ember.json.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path / MANIFEST)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_sample(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the stored sample ``(inputs, expected_outputs)`` after checking its hash.
 
@@ -270,88 +212,6 @@ def load_sample(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
     verify_files(path, read_manifest(path), names=[SAMPLE])
     tensors = load_file(str(path / SAMPLE))
     return tensors["inputs"], tensors["outputs"]
-
-
-def record_target(path: str | os.PathLike, target: str, info: dict, files: list[str]) -> None:
-    """Record an export target's figures and its files' sha256 in the manifest.
-
-    Args:
-        path: the package directory.
-        target: target name, e.g. ``"onnx"``.
-        info: JSON-serialisable figures (file, parity, sizes, tolerance, ...).
-        files: paths relative to the package directory written by the target.
-
-    Example:
-        >>> record_target("digits", "onnx", {"file": "model.onnx", "max_abs_diff": 1e-6}, ["model.onnx"])
-    """
-    path = Path(path)
-    manifest = read_manifest(path)
-    for name in files:
-        if not (path / name).is_file():
-            raise PackageError(f"Target {target!r} lists {name!r}, which is not in {path}")
-        manifest["files"][name] = _sha256(path / name)
-    manifest.setdefault("targets", {})[target] = info
-    write_manifest(path, manifest)
-
-
-def remove_target(path: str | os.PathLike, target: str, files: list[str]) -> None:
-    """Delete a target's files and its record (used when a target fails parity).
-
-    Args:
-        path: the package directory.
-        target: target name.
-        files: paths relative to the package directory to delete.
-
-    Example:
-        >>> remove_target("digits", "int8", ["model.int8.onnx"])
-    """
-    path = Path(path)
-    manifest = read_manifest(path)
-    for name in files:
-        (path / name).unlink(missing_ok=True)
-        manifest["files"].pop(name, None)
-    manifest.get("targets", {}).pop(target, None)
-    write_manifest(path, manifest)
-
-
-def remove_target_dir(path: str | os.PathLike, target: str) -> None:
-    """Delete a target that lives in its own folder (`web/`, `cpp/`): its files, record and folder.
-
-    Example:
-        >>> remove_target_dir("digits", "web")
-    """
-    path = Path(path)
-    manifest = read_manifest(path)
-    old = [name for name in manifest["files"] if name.startswith(f"{target}/")]
-    if old or target in manifest.get("targets", {}):
-        remove_target(path, target, old)
-    shutil.rmtree(path / target, ignore_errors=True)
-
-
-def verify_files(path: Path, manifest: dict, names: list[str] | None = None) -> None:
-    """Check that the manifest's files exist and match their sha256.
-
-    Args:
-        path: the package directory.
-        manifest: its manifest.
-        names: which files to check; default all listed.
-
-    Raises:
-        PackageError: naming the missing or tampered file.
-
-    Example:
-        >>> verify_files(Path("digits"), read_manifest("digits"))
-    """
-    listed = manifest.get("files", {})
-    for name in names if names is not None else list(listed):
-        file = Path(path) / name
-        if name not in listed or not file.is_file():
-            raise PackageError(f"Package {path} is missing {name!r}")
-        if _sha256(file) != listed[name]:
-            raise PackageError(
-                f"{name!r} in {path} does not match its sha256 in ember.json: "
-                "the file was modified after the package was written"
-            )
 
 
 def inspect_text(path: str | os.PathLike) -> str:
@@ -390,38 +250,6 @@ def inspect_text(path: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
-def load_program(file: str | os.PathLike) -> torch.export.ExportedProgram:
-    """Load a ``model.pt2`` after proving that torch will not unpickle anything in it.
-
-    ``torch.export.load`` unpickles tensors flagged ``use_pickle``, custom/opaque constants and,
-    on fallback, example inputs; it also loads AOTInductor shared libraries. This refuses any
-    archive containing those, and reads example inputs with ``weights_only=True`` first so that
-    torch's own ``weights_only=False`` fallback can never trigger.
-
-    Args:
-        file: path of a ``torch.export.save`` archive.
-
-    Returns:
-        The ``ExportedProgram``.
-
-    Raises:
-        PackageError: the archive holds anything that would be unpickled or executed.
-
-    Example:
-        >>> program = load_program("digits/model.pt2")
-    """
-    file = Path(file)
-    try:
-        with zipfile.ZipFile(file) as archive:
-            _check_pt2_archive(file, archive)
-    except zipfile.BadZipFile as exc:
-        raise PackageError(f"{file.name} is not a torch.export archive: {exc}") from exc
-    try:
-        return torch.export.load(str(file))
-    except Exception as exc:
-        raise PackageError(f"{file.name} could not be loaded by torch.export: {exc}") from exc
-
-
 # -- helpers --------------------------------------------------------------------------------------
 
 
@@ -454,29 +282,6 @@ def _check_tensor(arg: str, value: Any) -> torch.Tensor:
 
 def _tensor_spec(name: str, t: torch.Tensor) -> dict:
     return {"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": [-1, *t.shape[1:]]}
-
-
-def _save_program(model: torch.nn.Module, example: torch.Tensor, file: Path) -> str | None:
-    """torch.export with a dynamic batch dim; returns the failure cause, or None on success."""
-    # Export specialises a size-1 dim to a constant, so trace with at least two rows.
-    trace = example if example.shape[0] >= 2 else example.repeat(2, *[1] * (example.dim() - 1))
-    batch = torch.export.Dim("batch", min=1)
-    try:
-        program = torch.export.export(model, (trace,), dynamic_shapes=({0: batch},))
-        torch.export.save(program, str(file))
-        return None
-    except Exception as exc:  # torch.export raises many error types; all mean "not exportable"
-        file.unlink(missing_ok=True)
-        cause = (
-            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        )
-        logger.warning(
-            "torch.export failed, so the package has no model.pt2 (%s). Way out: replace "
-            "data-dependent Python control flow with torch.cond / torch.where, or avoid "
-            "shape-dependent branches.",
-            cause,
-        )
-        return cause
 
 
 def _architecture(model: torch.nn.Module) -> dict | None:
@@ -546,38 +351,6 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def _check_pt2_archive(file: Path, archive: zipfile.ZipFile) -> None:
-    import io
-
-    names = archive.namelist()
-    prefix = names[0].split("/", 1)[0] + "/" if names else ""
-    inner = [n[len(prefix) :] if n.startswith(prefix) else n for n in names]
-    bad = [n for n in inner if not n.startswith(_PT2_ALLOWED) or n.startswith(_PT2_FORBIDDEN)]
-    if bad or "archive_version" not in inner:
-        raise PackageError(f"{file.name} holds unexpected entries {bad[:5]}; refusing to load it")
-    for name in inner:
-        if name.endswith("_config.json"):
-            config = json.loads(archive.read(prefix + name)).get("config", {})
-            for fqn, meta in config.items():
-                if meta.get("use_pickle") or not meta.get("path_name", "").startswith(
-                    ("weight_", "tensor_")
-                ):
-                    raise PackageError(f"{file.name} stores {fqn!r} as a pickled object; refusing")
-        elif name.startswith("data/sample_inputs/"):
-            try:
-                torch.load(io.BytesIO(archive.read(prefix + name)), weights_only=True)
-            except Exception as exc:
-                raise PackageError(f"{file.name} has unsafe example inputs: {exc}") from exc
-
-
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fmt(value: Any) -> str:

@@ -10,6 +10,7 @@ from torch import nn
 
 from ember import package
 from ember.package import PackageError
+from ember.package_manifest import sha256_file
 
 
 def _mlp() -> nn.Module:
@@ -94,7 +95,7 @@ def test_weights_that_do_not_match_the_program(saved):
     _, _, path = saved
     save_file({"1.weight": torch.zeros(9, 16)}, str(path / "weights.safetensors"))
     manifest = package.read_manifest(path)
-    manifest["files"]["weights.safetensors"] = package._sha256(path / "weights.safetensors")
+    manifest["files"]["weights.safetensors"] = sha256_file(path / "weights.safetensors")
     package.write_manifest(path, manifest)
     with pytest.raises(PackageError, match=r"missing=\['1.bias'.*1.weight: \(9, 16\) != \(8, 16\)"):
         package.load(path)

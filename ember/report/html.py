@@ -1,7 +1,8 @@
 """The training report: one self-contained HTML file (inline SVG, CSS and data; no network).
 
-A run directory (`runs/<name>/version_N/`) holds what the Trainer wrote: `history.json` (after every
-epoch), `run.json` (hyper-parameters, model summary), and, from `ReportCallback`, `confusion.json`.
+`write_report` and `render_report` turn loaded runs (`ember.report.run`: `Run`, `load_run`,
+re-exported here) into the page: overview, curves (`ember.report.plots`), confusion matrix,
+export parity, hyper-parameters and model summary.
 """
 
 from __future__ import annotations
@@ -9,115 +10,17 @@ from __future__ import annotations
 import html
 import json
 import logging
-import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ember.report.run import LOOKED_FOR, ReportError, Run, load_run, read_json  # noqa: F401
 
 __all__ = ["ReportError", "Run", "load_run", "render_report", "write_report"]
 
 log = logging.getLogger(__name__)
 
-LOOKED_FOR = (
-    "history.json (per-epoch metrics, written by fit after every epoch)",
-    "run.json (hyper-parameters and model summary, written when fit starts)",
-)
 _MAX_MATRIX_CLASSES = 30
-
-
-class ReportError(ValueError):
-    """A report input is not what it should be: not a run directory, not a model package."""
-
-
-@dataclass
-class Run:
-    """One run directory, loaded.
-
-    Attributes:
-        path: the run directory.
-        name: `<name>/version_N`.
-        history: {metric: [value per epoch]} from history.json ({} when no epoch finished).
-        epochs: the epoch indices recorded (0-based, as in history.json).
-        epoch_info: per epoch: `epoch_time`, `samples_per_sec`, `norms`.
-        record: run.json ({} when missing).
-        confusion: confusion.json ({"labels", "matrix"}) or None.
-    """
-
-    path: Path
-    name: str
-    history: dict[str, list] = field(default_factory=dict)
-    epochs: list[int] = field(default_factory=list)
-    epoch_info: list[dict] = field(default_factory=list)
-    record: dict = field(default_factory=dict)
-    confusion: dict | None = None
-
-    @property
-    def x(self) -> list[int]:
-        """Epoch numbers as the report shows them: counted from 1."""
-        return [e + 1 for e in self.epochs]
-
-    @property
-    def monitor(self) -> str | None:
-        """The value that picks the best epoch: val_loss, else loss."""
-        return next((k for k in ("val_loss", "loss") if k in self.history), None)
-
-    @property
-    def best_epoch(self) -> int | None:
-        """The epoch (counted from 1) with the lowest `monitor` value, or None."""
-        values = self.history.get(self.monitor, []) if self.monitor else []
-        finite = [(v, x) for v, x in zip(values, self.x) if v is not None and math.isfinite(v)]
-        return min(finite)[1] if finite else None
-
-    def info_values(self, key: str) -> list[float | None]:
-        return [info.get(key) for info in self.epoch_info]
-
-    def layer_norms(self, kind: str) -> dict[str, list[float | None]]:
-        """{layer: [norm per epoch]}: the L2 norm of the layer's parameters together."""
-        prefix = f"norm/{kind}/"
-        squares: dict[str, list[float | None]] = {}
-        for i, info in enumerate(self.epoch_info):
-            for key, value in (info.get("norms") or {}).items():
-                if key.startswith(prefix):
-                    layer = key[len(prefix) :].rsplit(".", 1)[0]
-                    row = squares.setdefault(layer, [None] * len(self.epoch_info))
-                    row[i] = (row[i] or 0.0) + float(value) ** 2
-        return {k: [None if v is None else math.sqrt(v) for v in vs] for k, vs in squares.items()}
-
-
-def load_run(run_dir: str | os.PathLike) -> Run:
-    """Read a run directory; a run that crashed or stopped early loads what it logged.
-
-    Args:
-        run_dir: a directory written by `fit` (`runs/<name>/version_N`).
-
-    Returns:
-        The loaded `Run`.
-
-    Raises:
-        ReportError: the directory does not exist or holds neither history.json nor run.json.
-
-    Example:
-        >>> run = load_run("runs/default/version_0")  # doctest: +SKIP
-        >>> min(run.history["val_loss"])  # doctest: +SKIP
-    """
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise ReportError(f"Run directory {str(run_dir)!r} does not exist or is not a directory.")
-    history_file, record_file = path / "history.json", path / "run.json"
-    if not history_file.is_file() and not record_file.is_file():
-        raise ReportError(_not_a_run_message(path))
-    run = Run(path=path, name=_run_name(path))
-    if history_file.is_file():
-        state = _read_json(history_file)
-        run.history = {k: list(v) for k, v in state.get("history", {}).items()}
-        run.epochs = list(state.get("epochs", []))
-        run.epoch_info = list(state.get("epoch_info", [])) or [{} for _ in run.epochs]
-    if record_file.is_file():
-        run.record = _read_json(record_file)
-    if (path / "confusion.json").is_file():
-        run.confusion = _read_json(path / "confusion.json")
-    return run
 
 
 def write_report(
@@ -315,22 +218,6 @@ def _summary_section(run: Run, named: bool) -> str:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def _not_a_run_message(path: Path) -> str:
-    found = sorted(p.name for p in path.iterdir())[:10]
-    versions = sorted(p.name for p in path.glob("version_*") if p.is_dir())
-    hint = f" It holds runs: {', '.join(versions)}; pass one of those." if versions else ""
-    return (
-        f"{str(path)!r} is not a training run directory: looked for "
-        + "; ".join(LOOKED_FOR)
-        + f", found neither. It contains: {', '.join(found) or 'nothing'}.{hint}"
-    )
-
-
-def _run_name(path: Path) -> str:
-    path = path.resolve()
-    return f"{path.parent.name}/{path.name}" if path.name.startswith("version_") else path.name
-
-
 def _load_package(path: Path) -> dict:
     manifest = path / "ember.json"
     if not manifest.is_file():
@@ -338,14 +225,7 @@ def _load_package(path: Path) -> dict:
             f"--package expects a model package directory (written by ember.save) holding "
             f"ember.json. Received: {str(path)!r}, which has no ember.json."
         )
-    return _read_json(manifest)
-
-
-def _read_json(file: Path) -> dict:
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"Cannot read {file}: {exc}") from exc
+    return read_json(manifest)
 
 
 def _data_json(runs: list[Run], package: dict | None) -> str:

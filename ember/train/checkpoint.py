@@ -16,26 +16,39 @@ one, or the old one (kept at ``path`` or, between the two renames of a replaceme
 ``.old-<name>-*`` sibling that :func:`find_last` also considers). A directory without a valid
 ``meta.json`` is incomplete. All failures raise :class:`CheckpointError`, a subclass of
 :class:`OSError`, whose message names the path and the problem.
+
+This module holds the public API and the checks on what is stored; the file-level machinery
+(staging, atomic moves, fsync, digests, meta.json validation, scans) is in
+:mod:`ember.train.checkpoint_files`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import logging
 import os
-import secrets
 import shutil
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ember.train import checkpoint_files as files
+from ember.train.checkpoint_files import (
+    FORMAT,
+    FORMAT_VERSION,
+    HEADER,
+    META_FILE,
+    STATE_FILE,
+    TMP_PREFIX,
+    WEIGHTS_FILE,
+    CheckpointError,
+)
 
 __all__ = [
     "copy_checkpoint",
@@ -51,43 +64,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "ember.checkpoint"
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "weights.safetensors"
-STATE_FILE = "trainer_state.pt"
-META_FILE = "meta.json"
-_DATA_FILES = (WEIGHTS_FILE, STATE_FILE)
-_ALL_FILES = (META_FILE, *_DATA_FILES)
-_HEADER = "ember_checkpoint"  # the one meta.json key this module owns
-_TMP_PREFIX = ".tmp-"
-_OLD_PREFIX = ".old-"
-_CHUNK = 1 << 20
 # Types torch.load(weights_only=True) reads back without extra allow-listing.
 _LEAF_TYPES = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
 _CONTAINER_TYPES = (dict, OrderedDict, list, tuple, set, torch.Size)
-
-
-class CheckpointError(OSError):
-    """A checkpoint could not be written or read; the message names the path and the problem.
-
-    It subclasses :class:`OSError`: like other file errors it is about something on disk.
-
-    Args:
-        path: the checkpoint directory concerned.
-        problem: what is wrong, e.g. ``"corrupt: weights.safetensors checksum mismatch"``.
-
-    Example:
-        >>> try:
-        ...     load_checkpoint("missing-dir")
-        ... except CheckpointError as e:
-        ...     print(e.path)
-        missing-dir
-    """
-
-    def __init__(self, path: str | os.PathLike, problem: str) -> None:
-        super().__init__(f"Checkpoint {os.fspath(path)}: {problem}")
-        self.path = Path(path)
-        self.problem = problem
 
 
 @dataclass
@@ -155,15 +134,15 @@ def save_checkpoint(
         )
     _check_storable(trainer_state, "trainer_state")
     _check_meta(meta)
-    _check_replaceable(path)
+    files.check_replaceable(path)
     tmp: Path | None = None
     done = False
     try:
-        with _stage(path, f"creating a temporary directory in {path.parent}"):
+        with files.stage(path, f"creating a temporary directory in {path.parent}"):
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{path.name}-", dir=path.parent))
-        _write_files(path, tmp, tensors, trainer_state, meta)
-        _move_into_place(tmp, path)
+            tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=path.parent))
+        files.write_files(path, tmp, tensors, trainer_state, meta)
+        files.move_into_place(tmp, path)
         done = True
     finally:
         if not done and tmp is not None:
@@ -182,24 +161,20 @@ def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         >>> copy_checkpoint("ckpts/epoch=3-step=120", "ckpts/last")
     """
     src, dst = Path(src), Path(dst)
-    _read_meta(src)  # refuses to copy an incomplete or foreign directory
-    _check_replaceable(dst)
+    files.read_meta(src)  # refuses to copy an incomplete or foreign directory
+    files.check_replaceable(dst)
     tmp: Path | None = None
     done = False
     try:
-        with _stage(dst, f"copying {src}"):
-            tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{dst.name}-", dir=dst.parent))
-            for name in (
-                WEIGHTS_FILE,
-                STATE_FILE,
-                META_FILE,
-            ):  # meta.json last: it marks completion
+        with files.stage(dst, f"copying {src}"):
+            tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{dst.name}-", dir=dst.parent))
+            for name in (WEIGHTS_FILE, STATE_FILE, META_FILE):  # meta.json last: marks completion
                 try:
                     os.link(src / name, tmp / name)
                 except OSError:
                     shutil.copy2(src / name, tmp / name)
-            _fsync_dir(tmp)
-        _move_into_place(tmp, dst)
+            files.fsync_dir(tmp)
+        files.move_into_place(tmp, dst)
         done = True
     finally:
         if not done and tmp is not None:
@@ -232,11 +207,11 @@ def load_checkpoint(
         100
     """
     path = Path(path)
-    raw = _read_meta(path)
+    raw = files.read_meta(path)
     weights_file = path / WEIGHTS_FILE
-    _verify_digest(path, WEIGHTS_FILE, raw, _hash_file(weights_file))
+    files.verify_digest(path, WEIGHTS_FILE, raw, files.hash_file(weights_file))
     state_bytes = (path / STATE_FILE).read_bytes()
-    _verify_digest(path, STATE_FILE, raw, hashlib.sha256(state_bytes).hexdigest())
+    files.verify_digest(path, STATE_FILE, raw, hashlib.sha256(state_bytes).hexdigest())
     from safetensors.torch import load_file
 
     try:
@@ -251,7 +226,7 @@ def load_checkpoint(
             f"refused or corrupt {STATE_FILE}: torch.load(weights_only=True) failed, so it holds "
             f"objects other than tensors and plain Python values, or is damaged: {e}",
         ) from e
-    meta = {k: v for k, v in raw.items() if k != _HEADER}
+    meta = {k: v for k, v in raw.items() if k != HEADER}
     return Checkpoint(model_state=model_state, trainer_state=state, meta=meta, path=path)
 
 
@@ -272,7 +247,7 @@ def list_checkpoints(dirpath: str | os.PathLike) -> list[Path]:
         >>> [p.name for p in list_checkpoints("runs/ckpt")]
         ['step-50', 'step-100']
     """
-    return [p for p, _ in _scan(Path(dirpath))]
+    return [p for p, _ in files.scan(Path(dirpath))]
 
 
 def find_last(dirpath: str | os.PathLike) -> Path | None:
@@ -291,10 +266,10 @@ def find_last(dirpath: str | os.PathLike) -> Path | None:
         >>> last = find_last("runs/ckpt")
         >>> ckpt = load_checkpoint(last) if last is not None else None
     """
-    for path, raw in reversed(_scan(Path(dirpath))):
+    for path, raw in reversed(files.scan(Path(dirpath))):
         try:
-            for name in _DATA_FILES:
-                _verify_digest(path, name, raw, _hash_file(path / name))
+            for name in files.DATA_FILES:
+                files.verify_digest(path, name, raw, files.hash_file(path / name))
         except OSError as e:  # CheckpointError included
             logger.warning("Skipping checkpoint: %s", e)
             continue
@@ -302,7 +277,7 @@ def find_last(dirpath: str | os.PathLike) -> Path | None:
     return None
 
 
-# ----------------------------------------------------------------------------- writing
+# ----------------------------------------------------------------------------- what can be stored
 
 
 def _prepare_weights(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -358,206 +333,11 @@ def _check_meta(meta: dict[str, Any]) -> None:
             "Received an invalid value for `meta`, expected a JSON-serialisable dict. "
             f"Received: {type(meta).__name__}"
         )
-    if _HEADER in meta:
+    if HEADER in meta:
         raise ValueError(
-            f"`meta` key {_HEADER!r} is reserved for the checkpoint format header; "
-            "use another name."
+            f"`meta` key {HEADER!r} is reserved for the checkpoint format header; use another name."
         )
     try:
         json.dumps(meta)
     except (TypeError, ValueError) as e:
         raise TypeError(f"`meta` must be JSON-serialisable: {e}") from e
-
-
-def _check_replaceable(path: Path) -> None:
-    """Refuse to replace anything that is not (a possibly half-written) checkpoint."""
-    if not path.exists() and not path.is_symlink():
-        return
-    if path.is_symlink() or not path.is_dir():
-        raise CheckpointError(path, "exists and is not a directory; refusing to replace it")
-    names = {p.name for p in path.iterdir()}
-    if names <= set(_ALL_FILES):
-        return
-    try:
-        _read_meta(path)
-    except CheckpointError:
-        pass
-    else:
-        return
-    raise CheckpointError(
-        path,
-        f"exists and is not an ember checkpoint (contains {sorted(names)[:5]}); "
-        "refusing to replace it",
-    )
-
-
-@contextlib.contextmanager
-def _stage(path: Path, action: str) -> Iterator[None]:
-    """Turn any failure inside into a CheckpointError naming the checkpoint and the action."""
-    try:
-        yield
-    except CheckpointError:
-        raise
-    except Exception as e:
-        raise CheckpointError(path, f"{action} failed: {type(e).__name__}: {e}") from e
-
-
-def _write_files(
-    path: Path, tmp: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any], meta: dict
-) -> None:
-    from safetensors.torch import save_file
-
-    digests = {}
-    with _stage(path, f"writing {tmp / WEIGHTS_FILE}"):
-        save_file(tensors, tmp / WEIGHTS_FILE)
-        digests[WEIGHTS_FILE] = _hash_file(tmp / WEIGHTS_FILE, fsync=True)
-    with _stage(path, f"writing {tmp / STATE_FILE}"):
-        with open(tmp / STATE_FILE, "wb") as f:
-            torch.save(state, f)
-        digests[STATE_FILE] = _hash_file(tmp / STATE_FILE, fsync=True)
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "sha256": digests}
-    with _stage(path, f"writing {tmp / META_FILE}"):
-        with open(tmp / META_FILE, "w", encoding="utf-8") as f:
-            json.dump({_HEADER: header, **meta}, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
-
-
-def _move_into_place(tmp: Path, path: Path) -> None:
-    aside = None
-    if path.exists():
-        aside = path.parent / f"{_OLD_PREFIX}{path.name}-{secrets.token_hex(4)}"
-        with _stage(path, f"moving the previous checkpoint aside to {aside}"):
-            os.replace(path, aside)
-    try:
-        with _stage(path, f"renaming {tmp} to {path}"):
-            os.replace(tmp, path)
-    except CheckpointError:
-        if aside is not None:
-            try:
-                os.replace(aside, path)
-            except OSError:
-                logger.error("Could not move the previous checkpoint back from %s", aside)
-        raise
-    with _stage(path, f"syncing directory {path.parent}"):
-        _fsync_dir(path.parent)
-    if aside is not None:
-        _remove_quietly(aside)
-
-
-def _remove_quietly(path: Path) -> None:
-    # meta.json goes first: a removal cut short leaves a dir that reads as incomplete.
-    with contextlib.suppress(OSError):
-        (path / META_FILE).unlink()
-    shutil.rmtree(path, ignore_errors=True)
-    if path.exists():
-        logger.warning("Could not remove the previous checkpoint moved aside to %s", path)
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    """Return meta.json's content after checking the format, version and that files exist."""
-    if not path.exists():
-        raise CheckpointError(path, "does not exist" + _aside_hint(path))
-    if not path.is_dir():
-        raise CheckpointError(path, "not a directory; a checkpoint is a directory")
-    if not (path / META_FILE).is_file():
-        present = [n for n in _DATA_FILES if (path / n).exists()]
-        if present or path.name.startswith(_TMP_PREFIX):
-            raise CheckpointError(
-                path,
-                f"incomplete (half-written): has {present} but no {META_FILE}; "
-                "a save was probably interrupted",
-            )
-        raise CheckpointError(
-            path, f"is not an ember checkpoint (no {META_FILE}): expected files {list(_ALL_FILES)}"
-        )
-    try:
-        raw = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(path, f"corrupt: {META_FILE} is not valid JSON: {e}") from e
-    header = raw.get(_HEADER) if isinstance(raw, dict) else None
-    fmt = header.get("format") if isinstance(header, dict) else None
-    if fmt != FORMAT:
-        raise CheckpointError(
-            path,
-            f"is not an ember checkpoint: {META_FILE} has {_HEADER}.format={fmt!r}, "
-            f"expected {FORMAT!r}",
-        )
-    version = header.get("format_version")
-    if not isinstance(version, int) or not isinstance(header.get("sha256"), dict):
-        raise CheckpointError(path, f"corrupt: {META_FILE} lacks format_version or sha256")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            path,
-            f"written by a newer format version {version} (this ember reads up to "
-            f"{FORMAT_VERSION}); upgrade ember to read it",
-        )
-    missing = [n for n in _DATA_FILES if not (path / n).is_file()]
-    if missing:
-        raise CheckpointError(path, f"incomplete (half-written): missing {missing}")
-    return raw
-
-
-def _verify_digest(path: Path, name: str, raw: dict[str, Any], actual: str) -> None:
-    expected = raw[_HEADER]["sha256"].get(name)
-    if expected != actual:
-        raise CheckpointError(
-            path,
-            f"corrupt: {name} checksum mismatch (meta.json says {expected}, file has {actual})",
-        )
-
-
-def _hash_file(file: Path, *, fsync: bool = False) -> str:
-    digest = hashlib.sha256()
-    with open(file, "r+b" if fsync else "rb") as f:
-        if fsync:
-            os.fsync(f.fileno())
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _aside_hint(path: Path) -> str:
-    aside = sorted(path.parent.glob(f"{_OLD_PREFIX}{path.name}-*")) if path.parent.is_dir() else []
-    if not aside:
-        return ""
-    return f" (an interrupted save left the previous checkpoint at {aside[-1]}; rename it back)"
-
-
-def _scan(dirpath: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """Complete checkpoints in dirpath with their meta, oldest first."""
-    if not dirpath.exists():
-        return []
-    if not dirpath.is_dir():
-        raise CheckpointError(dirpath, "not a directory; expected a directory of checkpoints")
-    found = []
-    for child in dirpath.iterdir():
-        if child.name.startswith(_TMP_PREFIX) or not child.is_dir():
-            continue
-        try:
-            raw = _read_meta(child)
-        except CheckpointError as e:
-            if "is not an ember checkpoint" in e.problem:
-                logger.debug("Ignoring %s: %s", child, e.problem)
-            else:
-                logger.warning("Skipping checkpoint: %s", e)
-            continue
-        step = raw.get("global_step")
-        step = step if isinstance(step, int) and not isinstance(step, bool) else -1
-        found.append(((step, (child / META_FILE).stat().st_mtime_ns), child, raw))
-    found.sort(key=lambda item: item[0])
-    return [(child, raw) for _, child, raw in found]

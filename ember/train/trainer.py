@@ -1,10 +1,14 @@
-"""The Trainer: one fit loop for ember models and plain torch modules, with fixed hook points."""
+"""The Trainer: one fit loop for ember models and plain torch modules, with fixed hook points.
+
+The loop's state bookkeeping (resume, checkpoints, loaders) is in `loop_state`, the evaluation
+and prediction loops in `evaluation`, and the checks and defaults for the Trainer's arguments in
+`trainer_setup`.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,14 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ember.train import loop_state
+from ember.train import evaluation, loop_state, trainer_setup
 from ember.train.callbacks import Callback, CallbackRunner
 from ember.train.distributed import get_strategy
 from ember.train.history import History
-from ember.train.loggers import Logger, TensorBoardLogger
+from ember.train.loggers import Logger
 from ember.train.model_checkpoint import ModelCheckpoint
 from ember.train.precision import Precision
 from ember.train.program import Program
+from ember.train.trainer_setup import default_callbacks, make_loggers, nan_message
 
 __all__ = ["Trainer"]
 
@@ -87,12 +92,9 @@ class Trainer:
         terminate_on_nan: bool = True,
         limit_train_batches: int | None = None,
     ) -> None:
-        _check_positive(accumulate_grad_batches=accumulate_grad_batches)
-        _check_positive(log_every_n_steps=log_every_n_steps)
-        if gradient_clip_algorithm not in ("norm", "value"):
-            raise ValueError(
-                f"Unknown gradient_clip_algorithm {gradient_clip_algorithm!r}. Choose one of: norm, value"
-            )
+        trainer_setup.check_arguments(
+            accumulate_grad_batches, log_every_n_steps, gradient_clip_algorithm
+        )
         if max_epochs is None and max_steps is None:
             max_epochs = 1000
         self.max_epochs, self.max_steps = max_epochs, max_steps
@@ -108,10 +110,10 @@ class Trainer:
         self.log_every_n_steps = log_every_n_steps
         self.terminate_on_nan = terminate_on_nan
         self.limit_train_batches = limit_train_batches
-        self.loggers = _make_loggers(logger, default_root_dir, name)
+        self.loggers = make_loggers(logger, default_root_dir, name)
         self._run_dir = self.loggers[0] if self.loggers else Logger(default_root_dir, name)
         progress = enable_progress_bar and self.strategy.is_global_zero
-        self.callbacks = _default_callbacks(
+        self.callbacks = default_callbacks(
             callbacks,
             progress,
             enable_checkpointing,
@@ -167,7 +169,7 @@ class Trainer:
         program = Program(model)
         ckpt = loop_state.find_checkpoint(self, ckpt_path) if ckpt_path is not None else None
         loop_state.share_run_dir(self)
-        self._setup_run(ckpt)
+        trainer_setup.seed_run(self, ckpt)
         train_loader = loop_state.prepare_loader(self, train_data, shuffle=True)
         val_loader = None
         if val_data is not None:
@@ -212,16 +214,6 @@ class Trainer:
             return True
         return self.max_epochs is not None and self.current_epoch >= self.max_epochs
 
-    def _setup_run(self, ckpt: Any) -> None:
-        if ckpt is not None:
-            self.seed = ckpt.meta["seed"]
-        if self.seed is None:
-            self.seed = random.SystemRandom().randrange(2**31)
-        from ember.train.rng import seed_everything
-
-        seed_everything(self.seed)
-        torch.use_deterministic_algorithms(self.deterministic, warn_only=False)
-
     def _setup_model(self, program: Program, train_loader: Any) -> None:
         self._program = program
         loop_state.materialize(program.module, train_loader, self.device)
@@ -236,17 +228,7 @@ class Trainer:
         self.history = History()
         self.current_epoch = self.global_step = self.batch_in_epoch = 0
         self.should_stop = False
-        self.hparams = {**program.hparams(), **self._trainer_hparams()}
-
-    def _trainer_hparams(self) -> dict[str, Any]:
-        return {
-            "max_epochs": self.max_epochs,
-            "max_steps": self.max_steps,
-            "precision": self.precision.name,
-            "accumulate_grad_batches": self.accumulate_grad_batches,
-            "gradient_clip_val": self.gradient_clip_val,
-            "seed": self.seed,
-        }
+        self.hparams = {**program.hparams(), **trainer_setup.trainer_hparams(self)}
 
     # -- one epoch ------------------------------------------------------------------------------
     def _train_epoch(self, program: Program, loader: Any) -> None:
@@ -272,11 +254,11 @@ class Trainer:
             if on_cpu:  # one scalar read per step, free on CPU: checks and sums the loss
                 value = loss.item()
                 if check_nan and not math.isfinite(value):
-                    raise FloatingPointError(_nan_message(loss, self.current_epoch, batch_idx))
+                    raise FloatingPointError(nan_message(loss, self.current_epoch, batch_idx))
                 self._epoch_loss_sum += value * n
             else:  # a read would stall the accelerator every step: check at the log interval
                 if check_nan and batch_idx % log_every == 0 and not math.isfinite(loss.item()):
-                    raise FloatingPointError(_nan_message(loss, self.current_epoch, batch_idx))
+                    raise FloatingPointError(nan_message(loss, self.current_epoch, batch_idx))
                 self._epoch_loss_sum += loss.detach() * n
             precision.backward(loss / acc if acc > 1 else loss)
             self._epoch_samples += n
@@ -311,7 +293,7 @@ class Trainer:
         logs = loop_state.epoch_train_logs(self, program)
         self._runner.call("on_train_epoch_end", self, program.module)
         if val_loader is not None:
-            val_logs = self._evaluate(program, val_loader, stage="val")
+            val_logs = self._validate(program, val_loader)
             logs.update({f"val_{k}": v for k, v in val_logs.items()})
             self._runner.call("on_validation_end", self, program.module, logs)
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -348,41 +330,19 @@ class Trainer:
         """Evaluate `model` on `data`; returns {"loss": ..., metric: ...}."""
         program = Program(model)
         program.forward_module = self.strategy.setup_module(model)
-        return self._evaluate(program, loop_state.prepare_loader(self, data, shuffle=False), "val")
+        loader = loop_state.prepare_loader(self, data, shuffle=False)
+        return self._validate(program, loader)
 
-    def _evaluate(self, program: Program, loader: Any, stage: str) -> dict[str, float]:
-        module = program.module
-        was_training = module.training
-        module.eval()
-        to_device = loop_state.batch_mover(self.device)
-        total, count = torch.zeros((), device=self.device), 0
-        with torch.no_grad(), self.precision.autocast():
-            for batch in loader:
-                batch = to_device(batch)
-                logs = program.validation_step(batch)
-                if "loss" in logs:
-                    n = loop_state.batch_size(batch)
-                    total += logs["loss"].detach().float() * n
-                    count += n
-        module.train(was_training)
-        out = {"loss": float(self.strategy.reduce_mean(total / max(count, 1)))} if count else {}
-        out.update(program.compute_metrics(stage, self.strategy))
-        return out
+    def _validate(self, program: Program, loader: Any) -> dict[str, float]:
+        kwargs = dict(device=self.device, precision=self.precision, strategy=self.strategy)
+        return evaluation.evaluate(program, loader, "val", **kwargs)
 
     def predict(self, model: nn.Module, data: Any) -> torch.Tensor:
         """Run `predict_step` over `data` and concatenate the outputs along dim 0."""
         program = Program(model)
         program.forward_module = self.strategy.setup_module(model)
         loader = loop_state.prepare_loader(self, data, shuffle=False)
-        to_device = loop_state.batch_mover(self.device)
-        outputs = []
-        was_training = model.training
-        model.eval()
-        with torch.no_grad(), self.precision.autocast():
-            for batch in loader:
-                outputs.append(program.predict_step(to_device(batch)).float().cpu())
-        model.train(was_training)
-        return torch.cat(outputs) if outputs else torch.empty(0)
+        return evaluation.predict(program, loader, device=self.device, precision=self.precision)
 
     # -- checkpoints and logging ----------------------------------------------------------------
     def save_checkpoint(self, path: str | Path, epoch_done: bool = False) -> Path:
@@ -432,60 +392,3 @@ class Trainer:
         final_metrics = {k: v for k, v in self.logged_metrics.items() if "/" not in k}
         for logger in self.loggers:
             logger.finalize(final_metrics if final else {})
-
-
-def _check_positive(**kwargs: Any) -> None:
-    for name, value in kwargs.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(
-                f"Received an invalid value for `{name}`, expected a positive integer. "
-                f"Received: {name}={value!r}"
-            )
-
-
-def _nan_message(loss: torch.Tensor, epoch: int, batch_idx: int) -> str:
-    return (
-        f"The loss is {float(loss)} at epoch {epoch + 1}, batch {batch_idx}: training stopped. "
-        "Lower the learning rate, clip gradients (gradient_clip_val=1.0) or check the data for NaN; "
-        "pass Trainer(terminate_on_nan=False) to continue anyway."
-    )
-
-
-def _make_loggers(logger: Any, root: str | Path, name: str) -> list[Logger]:
-    if logger is True:
-        return [TensorBoardLogger(root, name)]
-    if logger is False or logger is None:
-        return []
-    loggers = list(logger) if isinstance(logger, (list, tuple)) else [logger]
-    for item in loggers:
-        if not isinstance(item, Logger):
-            raise TypeError(
-                f"`logger` must be True, False, a Logger or a list of Loggers. Received: {item!r}"
-            )
-    return loggers
-
-
-def _default_callbacks(
-    callbacks: Any, progress: bool, checkpointing: bool, report: bool
-) -> list[Callback]:
-    from ember.train.progress import ProgressBar
-
-    callbacks = list(callbacks or [])
-    for cb in callbacks:
-        if not isinstance(cb, Callback):
-            raise TypeError(f"Every callback must be an ember Callback. Received: {cb!r}")
-    if progress and not any(isinstance(c, ProgressBar) for c in callbacks):
-        callbacks.insert(0, ProgressBar())
-    if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-        # `last` only, refreshed at most every 10 s and at the end: with short epochs a durable
-        # save every epoch would cost more than the training (ModelCheckpoint() saves every epoch).
-        callbacks.append(ModelCheckpoint(save_top_k=0, min_interval=10.0))
-    if report:
-        from ember.report.callback import ReportCallback
-
-        if not any(isinstance(c, ReportCallback) for c in callbacks):
-            callbacks.append(ReportCallback())
-    # Checkpoints last: they must capture the state every other callback updated this epoch.
-    return [c for c in callbacks if not isinstance(c, ModelCheckpoint)] + [
-        c for c in callbacks if isinstance(c, ModelCheckpoint)
-    ]

@@ -40,6 +40,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, os, sys, threading, time, torch, ember
     import ember.train.checkpoint as ckpt
+    import ember.train.checkpoint_files as ckpt_files
     from torch import nn
     from ember.data import make_loader
 
@@ -51,7 +52,7 @@ SCRIPT = textwrap.dedent(
             os.kill(os.getpid(), 9)
 
     def wrap(name, stage, before=True):
-        real = getattr(ckpt, name)
+        real = getattr(ckpt_files, name)
         def wrapped(*args, **kwargs):
             if before:
                 die(stage)
@@ -59,16 +60,16 @@ SCRIPT = textwrap.dedent(
             if not before:
                 die(stage)
             return out
-        setattr(ckpt, name, wrapped)
+        setattr(ckpt_files, name, wrapped)
 
     real_save = ckpt.save_checkpoint
     def counting_save(*args, **kwargs):
         saves[0] += 1
         return real_save(*args, **kwargs)
     ckpt.save_checkpoint = counting_save
-    wrap("_hash_file", "data", before=False)    # a data file written and synced, meta.json not
-    wrap("_move_into_place", "meta")            # complete in .tmp-*, not renamed into place
-    wrap("_remove_quietly", "cleanup")          # new one in place, the old one still aside
+    wrap("hash_file", "data", before=False)     # a data file written and synced, meta.json not
+    wrap("move_into_place", "meta")             # complete in .tmp-*, not renamed into place
+    wrap("remove_quietly", "cleanup")           # new one in place, the old one still aside
 
     class _Os:  # kills between "move the old one aside" and "rename the new one in place"
         def __getattr__(self, name):
@@ -77,7 +78,7 @@ SCRIPT = textwrap.dedent(
             os.replace(src, dst)
             if ".old-" in str(dst):
                 die("aside")
-    ckpt.os = _Os()
+    ckpt_files.os = _Os()
     if mode == "timer":
         threading.Timer(nth, lambda: os.kill(os.getpid(), 9)).start()
 

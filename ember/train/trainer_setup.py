@@ -1,0 +1,187 @@
+"""Turning the Trainer's arguments into its parts: argument checks, loggers, default callbacks,
+the run's seed and the hyper-parameters it records.
+
+The checks validate user input at the boundary and fail with a message naming the argument,
+what was received and what is allowed.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ember.train.callbacks import Callback
+from ember.train.loggers import Logger, TensorBoardLogger
+from ember.train.model_checkpoint import ModelCheckpoint
+
+if TYPE_CHECKING:
+    from ember.train.trainer import Trainer
+
+__all__ = [
+    "check_arguments",
+    "check_positive",
+    "default_callbacks",
+    "make_loggers",
+    "nan_message",
+    "seed_run",
+    "trainer_hparams",
+]
+
+
+def check_arguments(
+    accumulate_grad_batches: Any, log_every_n_steps: Any, gradient_clip_algorithm: Any
+) -> None:
+    """Check the Trainer's numeric and choice arguments that need no other context.
+
+    Example:
+        >>> check_arguments(1, 50, "max")
+        Traceback (most recent call last):
+        ValueError: Unknown gradient_clip_algorithm 'max'. Choose one of: norm, value
+    """
+    check_positive(accumulate_grad_batches=accumulate_grad_batches)
+    check_positive(log_every_n_steps=log_every_n_steps)
+    if gradient_clip_algorithm not in ("norm", "value"):
+        raise ValueError(
+            f"Unknown gradient_clip_algorithm {gradient_clip_algorithm!r}. Choose one of: norm, value"
+        )
+
+
+def check_positive(**kwargs: Any) -> None:
+    """Raise ValueError unless every keyword's value is a positive integer.
+
+    Example:
+        >>> check_positive(accumulate_grad_batches=0)
+        Traceback (most recent call last):
+        ValueError: Received an invalid value for `accumulate_grad_batches`, expected a positive ...
+    """
+    for name, value in kwargs.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"Received an invalid value for `{name}`, expected a positive integer. "
+                f"Received: {name}={value!r}"
+            )
+
+
+def make_loggers(logger: Any, root: str | Path, name: str) -> list[Logger]:
+    """Resolve the Trainer's `logger` argument into a list of loggers.
+
+    Args:
+        logger: True (TensorBoard), False or None (none), a Logger or a list of Loggers.
+        root: the root of run directories (`default_root_dir`).
+        name: the run name.
+
+    Returns:
+        The loggers; the first one's directory is the run directory.
+
+    Example:
+        >>> [type(x).__name__ for x in make_loggers(True, "runs", "default")]
+        ['TensorBoardLogger']
+    """
+    if logger is True:
+        return [TensorBoardLogger(root, name)]
+    if logger is False or logger is None:
+        return []
+    loggers = list(logger) if isinstance(logger, (list, tuple)) else [logger]
+    for item in loggers:
+        if not isinstance(item, Logger):
+            raise TypeError(
+                f"`logger` must be True, False, a Logger or a list of Loggers. Received: {item!r}"
+            )
+    return loggers
+
+
+def default_callbacks(
+    callbacks: Any, progress: bool, checkpointing: bool, report: bool
+) -> list[Callback]:
+    """The user's callbacks plus the defaults they lack, checkpoints last.
+
+    Args:
+        callbacks: the user's `Callback` objects (or None).
+        progress: add a `ProgressBar` unless one is given.
+        checkpointing: add a `ModelCheckpoint` (`last` only) unless one is given.
+        report: add a `ReportCallback` unless one is given.
+
+    Returns:
+        The callbacks in calling order; `ModelCheckpoint`s come last so they capture the state
+        every other callback updated.
+
+    Example:
+        >>> [type(c).__name__ for c in default_callbacks([], True, True, False)]
+        ['ProgressBar', 'ModelCheckpoint']
+    """
+    from ember.train.progress import ProgressBar
+
+    callbacks = list(callbacks or [])
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"Every callback must be an ember Callback. Received: {cb!r}")
+    if progress and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.insert(0, ProgressBar())
+    if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        # `last` only, refreshed at most every 10 s and at the end: with short epochs a durable
+        # save every epoch would cost more than the training (ModelCheckpoint() saves every epoch).
+        callbacks.append(ModelCheckpoint(save_top_k=0, min_interval=10.0))
+    if report:
+        from ember.report.callback import ReportCallback
+
+        if not any(isinstance(c, ReportCallback) for c in callbacks):
+            callbacks.append(ReportCallback())
+    # Checkpoints last: they must capture the state every other callback updated this epoch.
+    return [c for c in callbacks if not isinstance(c, ModelCheckpoint)] + [
+        c for c in callbacks if isinstance(c, ModelCheckpoint)
+    ]
+
+
+def nan_message(loss: torch.Tensor, epoch: int, batch_idx: int) -> str:
+    """The error raised when the loss stops being finite, with the ways out.
+
+    Example:
+        >>> nan_message(torch.tensor(float("nan")), 0, 3)[:34]
+        'The loss is nan at epoch 1, batch 3'
+    """
+    return (
+        f"The loss is {float(loss)} at epoch {epoch + 1}, batch {batch_idx}: training stopped. "
+        "Lower the learning rate, clip gradients (gradient_clip_val=1.0) or check the data for NaN; "
+        "pass Trainer(terminate_on_nan=False) to continue anyway."
+    )
+
+
+def seed_run(trainer: Trainer, ckpt: Any) -> None:
+    """Seed every RNG for a fit: the checkpoint's seed when resuming, else the Trainer's or a new one.
+
+    Args:
+        trainer: its `seed` is set to the seed used (recorded in the run's hyper-parameters).
+        ckpt: the checkpoint being resumed, or None.
+
+    Example:
+        >>> seed_run(trainer, None); trainer.seed is not None
+        True
+    """
+    if ckpt is not None:
+        trainer.seed = ckpt.meta["seed"]
+    if trainer.seed is None:
+        trainer.seed = random.SystemRandom().randrange(2**31)
+    from ember.train.rng import seed_everything
+
+    seed_everything(trainer.seed)
+    torch.use_deterministic_algorithms(trainer.deterministic, warn_only=False)
+
+
+def trainer_hparams(trainer: Trainer) -> dict[str, Any]:
+    """The Trainer settings recorded with the model's hyper-parameters.
+
+    Example:
+        >>> sorted(trainer_hparams(trainer))[:2]
+        ['accumulate_grad_batches', 'gradient_clip_val']
+    """
+    return {
+        "max_epochs": trainer.max_epochs,
+        "max_steps": trainer.max_steps,
+        "precision": trainer.precision.name,
+        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+        "gradient_clip_val": trainer.gradient_clip_val,
+        "seed": trainer.seed,
+    }
