@@ -49,6 +49,8 @@ def histograms(tensors: list[torch.Tensor], bins: int = 30) -> list[Histogram | 
     flats = [t.detach().reshape(-1).float() for t in tensors]
     ranges = _finite_ranges(flats)
     keep = [i for i, r in enumerate(ranges) if r is not None]
+    if not keep:  # nothing finite anywhere (a fully diverged run)
+        return [None] * len(tensors)
     kept = [flats[i] for i in keep]
     lows = [ranges[i][0] for i in keep]
     scales = [bins / (hi - lo) if hi > lo else 0.0 for lo, hi in (ranges[i] for i in keep)]

@@ -39,5 +39,9 @@ def test_non_finite_values_are_left_out_and_all_nan_gives_none():
     assert (ok.min, ok.max, ok.num) == (0.0, 3.0, 4)
 
 
-def test_empty_list():
+def test_empty_list_and_nothing_finite():
     assert histograms([]) == []
+    assert histograms([torch.full((2,), float("nan")), torch.tensor([float("inf")])]) == [
+        None,
+        None,
+    ]
