@@ -77,13 +77,14 @@ class ProgressBar(Callback):
                 auto_refresh=False,
                 transient=True,
             )
-            self._progress.start()
 
     def on_train_epoch_start(self, trainer: Trainer, module: Any) -> None:
         self._epoch_start = time.monotonic()
         self._next = self._epoch_start + self.refresh_interval
         if self._progress is not None:
             desc = f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs or '?'}"
+            # The live bar starts at the first redraw: an epoch shorter than `refresh_interval`
+            # costs no drawing at all, only its line at the end.
             self._task = self._progress.add_task(
                 desc, total=trainer.num_train_batches, metrics="", completed=trainer.batch_in_epoch
             )
@@ -95,6 +96,8 @@ class ProgressBar(Callback):
         if now < self._next:
             return
         self._next = now + self.refresh_interval
+        if not self._progress.live.is_started:
+            self._progress.start()
         self._progress.update(
             self._task,
             completed=batch_idx + 1,
@@ -106,13 +109,11 @@ class ProgressBar(Callback):
         seconds = time.monotonic() - self._epoch_start
         epochs = trainer.max_epochs or "?"
         line = f"Epoch {trainer.current_epoch + 1}/{epochs} - {seconds:.1f}s - {format_logs(logs)}"
-        if self._progress is not None:  # the finished epoch becomes a line above the live bar
+        if self._progress is not None:  # the bar (transient) gives way to the epoch's line
+            self._progress.stop()
             self._progress.remove_task(self._task)
             self._task = None
-            self._progress.console.print(line, markup=False, soft_wrap=True)
-            self._progress.refresh()
-            return
-        # One line per epoch in log files, however many metrics.
+        # One line per epoch, in a terminal as in log files, however many metrics.
         self._console.print(line, markup=False, soft_wrap=True)
 
     def on_fit_end(self, trainer: Trainer, module: Any) -> None:
