@@ -62,6 +62,7 @@ class Logger:
     def __init__(self, save_dir: str | Path = "runs", name: str = "default", version: Any = None):
         self.root_dir = Path(save_dir) / name
         self.version = version
+        self._created: Path | None = None  # read after every epoch: mkdir only once
 
     @property
     def log_dir(self) -> Path:
@@ -70,7 +71,9 @@ class Logger:
             self.version = next_version(self.root_dir)
         sub = self.version if isinstance(self.version, str) else f"version_{self.version}"
         path = self.root_dir / sub
-        path.mkdir(parents=True, exist_ok=True)
+        if path != self._created:
+            path.mkdir(parents=True, exist_ok=True)
+            self._created = path
         return path
 
     def start(self, resume_step: int | None = None) -> None:
@@ -129,8 +132,12 @@ class TensorBoardLogger(Logger):
         self._hparams = {k: _hparam_value(v) for k, v in params.items()}
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        for key, value in metrics.items():
-            self._writer.add_scalar(key, value, step)
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        # One event holding every value (what add_scalar writes, one record instead of one each).
+        values = [Summary.Value(tag=k, simple_value=float(v)) for k, v in metrics.items()]
+        if values:
+            self._writer.file_writer.add_summary(Summary(value=values), step)
 
     def log_graph(self, model: nn.Module, example_input: Any) -> None:
         if not self.log_graph_enabled:
