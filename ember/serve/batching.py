@@ -3,7 +3,10 @@
 One queue and one worker task per model version. The worker takes what is queued (waiting at most
 ``max_queue_delay_ms`` for more), concatenates each input along dimension 0, runs the model once in
 a thread (ONNX Runtime releases the GIL) and hands every request its own rows of each output.
-In adaptive mode the batch size limit follows measured latency to keep p99 under a target.
+A call predicted (from the model's measured time per input byte) to be shorter than the thread
+hand-off itself (about 0.1 ms) runs on the event loop instead, after one loop iteration so that
+the requests already parsed by then join its batch (no added delay, no thread hop). In adaptive
+mode the batch size limit follows measured latency to keep p99 under a target.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ __all__ = ["BatchingConfig", "Batcher"]
 
 logger = logging.getLogger(__name__)
 
+# Model calls longer than this run one at a time (see BatchingConfig.max_concurrent_batches).
+_OVERLAP_BELOW_S = 0.001
+
 RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 # observe(batch_rows, queue_seconds_per_request, compute_seconds)
 ObserveFn = Callable[[int, list[float], float], None]
@@ -41,7 +47,14 @@ class BatchingConfig:
         adaptive: size batches from measured latency to keep p99 under ``target_p99_ms``.
         target_p99_ms: the latency target of adaptive mode.
         max_concurrent_batches: model calls in flight at once per version. More than one hides
-            the thread hand-off (the GIL) of each call; the next batch forms meanwhile.
+            the thread hand-off (the GIL) of each call; the next batch forms meanwhile. Calls
+            measured over 1 ms run one at a time whatever this says: they keep the cores busy
+            already, and overlapping them would split both the cores and the batches (requests
+            returning one by one start small batches beside a large one: an unfair p99).
+        inline_below_ms: a model call predicted to take less than this runs on the event loop
+            thread, not in the thread pool: handing it to a thread and back costs more (about
+            0.1 ms) than such a call. The prediction is the measured time per input byte of
+            earlier calls (a slow call stops inlining at once). 0 always uses the thread pool.
 
     Example:
         >>> BatchingConfig(max_batch_size=64, max_queue_delay_ms=2.0).enabled
@@ -53,6 +66,7 @@ class BatchingConfig:
     adaptive: bool = False
     target_p99_ms: float = 50.0
     max_concurrent_batches: int = 2
+    inline_below_ms: float = 0.2
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
@@ -69,6 +83,11 @@ class BatchingConfig:
             raise ValueError(
                 "Received an invalid value for `max_concurrent_batches`, expected an integer >= 1. "
                 f"Received: max_concurrent_batches={self.max_concurrent_batches!r}"
+            )
+        if not isinstance(self.inline_below_ms, (int, float)) or self.inline_below_ms < 0:
+            raise ValueError(
+                "Received an invalid value for `inline_below_ms`, expected a number >= 0. "
+                f"Received: inline_below_ms={self.inline_below_ms!r}"
             )
         if self.target_p99_ms <= 0:
             raise ValueError(
@@ -128,7 +147,10 @@ class Batcher:
         self._latencies: deque[float] = deque(maxlen=200)
         self.limit = config.max_batch_size  # current batch size limit (moves in adaptive mode)
         self._batches: set[asyncio.Task] = set()
-        self._running = 0  # model calls in flight (at most config.max_concurrent_batches)
+        self._running = 0  # model calls in flight (at most self._slots)
+        self._slots = config.max_concurrent_batches
+        self._per_byte: float | None = None  # model seconds per input byte (fast up, slow down)
+        self._inline_s = config.inline_below_ms / 1000.0
 
     async def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Queues one request and returns its outputs once its batch has run."""
@@ -136,21 +158,41 @@ class Batcher:
         if self._task is None:
             self._wakeup = asyncio.Event()
             self._task = loop.create_task(self._loop())
-        idle = self._running < self.config.max_concurrent_batches and not self._queue
+        idle = self._running < self._slots and not self._queue
         if idle and self.config.max_queue_delay_ms == 0:
-            return await self._run_now(loop, inputs)  # idle: no hand-off to the worker
+            if not self._fits_inline(inputs):
+                return await self._run_now(loop, inputs)  # idle: no hand-off to the worker
+            # Inline-sized: the requests already ready on the loop join it before it runs.
+            future = loop.create_future()
+            self._queue.append(_Request(inputs, future))
+            loop.call_soon(self._flush, loop)
+            return await future
         future = loop.create_future()
         self._queue.append(_Request(inputs, future))
         self._wakeup.set()
         return await future
 
+    def _fits_inline(self, inputs: dict[str, np.ndarray]) -> bool:
+        size = sum(a.nbytes for a in inputs.values()) or 1
+        return self._per_byte is not None and self._per_byte * size < self._inline_s
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Runs what queued up during one loop iteration as one batch (unless the worker did)."""
+        if not self._queue or self._running >= self._slots:
+            return
+        batch = self._take(self._queue[0].key)
+        if batch:
+            self._running += 1
+            task = loop.create_task(self._execute(loop, batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
     async def _run_now(
         self, loop: asyncio.AbstractEventLoop, inputs: dict[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
         self._running += 1
-        start = time.perf_counter()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run, inputs)
+            outputs, compute = await self._call(loop, inputs)
         except ServeError:
             raise
         except Exception as exc:
@@ -158,10 +200,27 @@ class Batcher:
             raise ServeError(500, f"Inference failed: {exc}") from None
         finally:
             self._running -= 1
-            self._wakeup.set()
+            if self._queue:  # a request queued meanwhile waits for this slot
+                self._wakeup.set()
         first = next(iter(inputs.values()))
-        self._done(first.shape[0] if first.ndim else 1, [0.0], time.perf_counter() - start)
+        self._done(first.shape[0] if first.ndim else 1, [0.0], compute)
         return outputs
+
+    async def _call(
+        self, loop: asyncio.AbstractEventLoop, inputs: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], float]:
+        """Runs the model inline or in the pool; returns (outputs, model seconds)."""
+        if self._fits_inline(inputs):
+            outputs, seconds = _timed(self._run, inputs)  # shorter than a thread hand-off
+        else:
+            outputs, seconds = await loop.run_in_executor(self._executor, _timed, self._run, inputs)
+        self._slots = 1 if seconds > _OVERLAP_BELOW_S else self.config.max_concurrent_batches
+        per_byte = seconds / (sum(a.nbytes for a in inputs.values()) or 1)
+        if self._per_byte is None or per_byte > self._per_byte:
+            self._per_byte = per_byte  # a slow call moves the estimate up at once
+        else:
+            self._per_byte = 0.9 * self._per_byte + 0.1 * per_byte
+        return outputs, seconds
 
     async def close(self) -> None:
         """Stops the worker; requests still queued fail with 503."""
@@ -180,7 +239,7 @@ class Batcher:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue or self._running >= self.config.max_concurrent_batches:
+            if not self._queue or self._running >= self._slots:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -233,7 +292,7 @@ class Batcher:
             names = list(batch[0].inputs)
             merged = {n: np.concatenate([r.inputs[n] for r in batch]) for n in names}
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run, merged)
+            outputs, compute = await self._call(loop, merged)
         except Exception as exc:  # the model failed: every request of the batch gets the error
             logger.exception("Batch of %d request(s) failed", len(batch))
             error = (
@@ -245,9 +304,10 @@ class Batcher:
             return
         finally:
             self._running -= 1
-            self._wakeup.set()
+            if self._queue:
+                self._wakeup.set()
         self._deliver(batch, outputs)
-        self._done(sum(r.rows for r in batch), queued, time.perf_counter() - start)
+        self._done(sum(r.rows for r in batch), queued, compute)
 
     def _done(self, rows: int, queued: list[float], compute: float) -> None:
         if self._observe is not None:
@@ -286,3 +346,9 @@ class Batcher:
             self._latencies.clear()
         elif p99 < 0.6 * target and self.limit < self.config.max_batch_size:
             self.limit = min(self.config.max_batch_size, self.limit + max(1, self.limit // 4))
+
+
+def _timed(run: RunFn, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+    start = time.perf_counter()
+    outputs = run(inputs)
+    return outputs, time.perf_counter() - start

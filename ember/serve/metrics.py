@@ -1,12 +1,15 @@
 """Prometheus metrics of one server, in its own ``CollectorRegistry`` (never the global one).
 
 Label children are created once and cached, so the request hot path does one dict lookup and one
-``inc``/``observe`` per metric.
+``inc``/``observe`` per metric. The histograms are ember's own (``_Histogram``: a bisect and two
+additions, no lock; a request makes four observations) and are rendered in the Prometheus format
+by a collector of the same registry; ``prometheus_client``'s take a lock and walk every bucket.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = ["ServeMetrics"]
@@ -35,7 +38,7 @@ class ServeMetrics:
     """
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge
 
         self.registry = CollectorRegistry()
         r = self.registry
@@ -43,22 +46,23 @@ class ServeMetrics:
             "ember_requests", "Inference requests.", ["model", "version", "protocol", "status"],
             registry=r,
         )  # fmt: skip
-        self._latency = Histogram(
+        self._latency = _Histogram(
             "ember_request_duration_seconds", "Request latency, end to end in the server.",
-            ["model", "version", "protocol"], buckets=_LATENCY_BUCKETS, registry=r,
+            ("model", "version", "protocol"), _LATENCY_BUCKETS,
         )  # fmt: skip
-        self._queue = Histogram(
+        self._queue = _Histogram(
             "ember_queue_duration_seconds", "Time a request waited in the batching queue.",
-            ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r,
+            ("model", "version"), _LATENCY_BUCKETS,
         )  # fmt: skip
-        self._compute = Histogram(
+        self._compute = _Histogram(
             "ember_compute_duration_seconds", "Model call time per batch.",
-            ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r,
+            ("model", "version"), _LATENCY_BUCKETS,
         )  # fmt: skip
-        self._batch = Histogram(
+        self._batch = _Histogram(
             "ember_batch_size", "Rows per model call (after dynamic batching).",
-            ["model", "version"], buckets=_BATCH_BUCKETS, registry=r,
+            ("model", "version"), _BATCH_BUCKETS,
         )  # fmt: skip
+        r.register(_Collector([self._latency, self._queue, self._compute, self._batch]))
         self._loaded = Gauge(
             "ember_models_loaded", "Versions of the model that are serving.", ["model"], registry=r
         )
@@ -112,3 +116,53 @@ class ServeMetrics:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _Child:
+    """One label set of a histogram: bucket counts (not cumulative) and the sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # Called from the event loop thread only (requests and batch callbacks run there).
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class _Histogram:
+    """A labelled Prometheus histogram without locks (see the module docstring)."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...], bounds: tuple) -> None:
+        self.name, self.doc, self.labelnames = name, doc, labels
+        self.bounds = tuple(float(b) for b in bounds)
+        self.children: dict[tuple[str, ...], _Child] = {}
+
+    def labels(self, *values: str) -> _Child:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = _Child(self.bounds)
+        return child
+
+
+class _Collector:
+    def __init__(self, histograms: list[_Histogram]) -> None:
+        self.histograms = histograms
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import HistogramMetricFamily
+        from prometheus_client.utils import floatToGoString
+
+        for h in self.histograms:
+            family = HistogramMetricFamily(h.name, h.doc, labels=h.labelnames)
+            for values, child in list(h.children.items()):
+                counts, total, buckets = list(child.counts), 0, []
+                for bound, count in zip((*h.bounds, float("inf")), counts):
+                    total += count
+                    buckets.append((floatToGoString(bound), total))
+                family.add_metric(list(values), buckets, child.sum)
+            yield family

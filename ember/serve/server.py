@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -83,7 +84,7 @@ def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run(path, stop=stop, **options)
+        await run(path, stop=stop, freeze_heap=True, **options)
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(main())
@@ -110,13 +111,17 @@ async def run(
     body_limit: int = 64 * 1024 * 1024,
     runtime: str = "auto",
     grace_period: float = 30.0,
+    freeze_heap: bool = False,
 ) -> None:
     """Runs the server on the current loop until ``stop`` is set (the async core of ``serve``).
 
     ``on_start`` is called once the listeners accept connections (models may still be loading:
     ``/v2/health/ready`` says when they are) with ``{"rest": url, "grpc": "host:port" | None,
     "management": url | None, "token": str | None, "app": app, "repository": repository}``.
-    The other arguments are those of ``serve``.
+    ``freeze_heap``: once the models are loaded, move every live object out of the garbage
+    collector's reach (``gc.freeze``), so no full collection walks torch's and ONNX Runtime's
+    objects mid-request (a 70 ms pause that set p99); ``serve`` turns it on, as it owns the
+    process. The other arguments are those of ``serve``.
     """
     from ember.serve.app import build_app
     from ember.serve.management import build_management_app, resolve_token
@@ -153,6 +158,8 @@ async def run(
         if on_start is not None:
             on_start(info)
         loading = asyncio.ensure_future(repository.start())
+        if freeze_heap:
+            loading.add_done_callback(_freeze_heap)
         await stop.wait()
         logger.info("Shutting down: finishing in-flight requests (up to %.0fs)", grace_period)
         for server, _ in servers:
@@ -175,6 +182,13 @@ async def _start_listeners(servers: list[tuple[Any, socket.socket]]) -> list[asy
             raise RuntimeError("A listener stopped while starting.")
         await asyncio.sleep(0.01)
     return tasks
+
+
+def _freeze_heap(_: Any = None) -> None:
+    """Collects once, then freezes what is left: later collections skip the startup heap."""
+    gc.collect()
+    gc.freeze()
+    logger.info("Froze %d startup objects out of the garbage collector", gc.get_freeze_count())
 
 
 def _uvicorn(app: Any, grace_period: float) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -99,6 +100,8 @@ def test_config_validation_messages():
         BatchingConfig(max_batch_size=0)
     with pytest.raises(ValueError, match="max_queue_delay_ms=-1"):
         BatchingConfig(max_queue_delay_ms=-1)
+    with pytest.raises(ValueError, match="inline_below_ms=-0.5"):
+        BatchingConfig(inline_below_ms=-0.5)
     assert not BatchingConfig(max_batch_size=1).enabled
 
 
@@ -141,3 +144,123 @@ def test_concurrent_http_requests_are_batched_with_unchanged_results(server):
     rows = float(re.search(r'ember_batch_size_sum\{model="mlp",version="2"\} (\S+)', text).group(1))
     assert rows == sum(x.shape[0] for x in xs)
     assert count < len(xs)  # fewer model calls than requests: they were batched
+
+
+def _thread_recording_run(threads: list, delay: float = 0.0):
+    def run(inputs: dict) -> dict:
+        threads.append(threading.get_ident())
+        time.sleep(delay)
+        return {"y": inputs["x"] + 1.0}
+
+    return run
+
+
+def _submit_sequentially(run, config: BatchingConfig, n: int) -> int:
+    """Submits ``n`` requests one after another; returns the event loop's thread id."""
+
+    async def main() -> int:
+        with ThreadPoolExecutor(2) as pool:
+            batcher = Batcher(run, pool, config)
+            for i in range(n):
+                out = await batcher.submit({"x": np.full((1, 4), float(i), np.float32)})
+                np.testing.assert_array_equal(out["y"], np.full((1, 4), i + 1.0, np.float32))
+            await batcher.close()
+        return threading.get_ident()
+
+    return asyncio.run(main())
+
+
+def test_calls_shorter_than_a_thread_hand_off_run_on_the_event_loop():
+    threads: list = []
+    config = BatchingConfig(8, inline_below_ms=5.0)  # generous: a loaded CI machine stalls
+    loop_thread = _submit_sequentially(_thread_recording_run(threads), config, 5)
+    # The first call has no estimate yet and goes to the pool; the next ones are measured as
+    # far under the limit and run inline.
+    assert threads[0] != loop_thread
+    assert threads[1:] == [loop_thread] * 4
+
+
+def test_slow_calls_and_inline_off_stay_in_the_thread_pool():
+    threads: list = []
+    loop_thread = _submit_sequentially(_thread_recording_run(threads, 0.02), BatchingConfig(8), 4)
+    assert loop_thread not in threads  # 20 ms per call: the hand-off is worth it
+    threads.clear()
+    config = BatchingConfig(8, inline_below_ms=0)
+    loop_thread = _submit_sequentially(_thread_recording_run(threads), config, 4)
+    assert loop_thread not in threads
+
+
+def test_one_slow_call_stops_inlining_at_once():
+    threads: list = []
+    delays = iter([0.0, 0.0, 0.05, 0.0, 0.0])
+
+    def run(inputs: dict) -> dict:
+        threads.append(threading.get_ident())
+        time.sleep(next(delays))
+        return {"y": inputs["x"] + 1.0}
+
+    loop_thread = _submit_sequentially(run, BatchingConfig(8, inline_below_ms=5.0), 5)
+    on_loop = [t == loop_thread for t in threads]
+    # pool (no estimate), inline, inline (takes 50 ms), then the pool again (estimate moved up).
+    assert on_loop == [False, True, True, False, False]
+
+
+def test_inline_sized_requests_ready_together_merge_into_one_call():
+    calls: list = []
+    threads: list = []
+
+    def run(inputs: dict) -> dict:
+        calls.append(inputs["x"].shape[0])
+        threads.append(threading.get_ident())
+        return {"y": inputs["x"] * 3.0}
+
+    async def main() -> list:
+        with ThreadPoolExecutor(2) as pool:
+            batcher = Batcher(run, pool, BatchingConfig(64, inline_below_ms=5.0))
+            await batcher.submit({"x": np.zeros((1, 2), np.float32)})  # measures the model
+            xs = [np.full((1, 2), float(i), np.float32) for i in range(10)]
+            outs = await asyncio.gather(*(batcher.submit({"x": x}) for x in xs))
+            await batcher.close()
+            assert threads[1:] == [threading.get_ident()]  # one call, on the event loop
+            return list(zip(xs, outs))
+
+    for x, out in asyncio.run(main()):
+        np.testing.assert_array_equal(out["y"], x * 3.0)
+    assert calls == [1, 10]
+
+
+def test_long_calls_run_one_at_a_time_and_short_ones_overlap():
+    def peak_in_flight(long: bool) -> int:
+        state = {"now": 0, "peak": 0, "calls": 0}
+        lock, pair = threading.Lock(), threading.Event()
+
+        def run(inputs: dict) -> dict:
+            with lock:
+                state["now"] += 1
+                state["calls"] += 1
+                state["peak"] = max(state["peak"], state["now"])
+                first = state["calls"] == 1
+                if state["now"] == 2:
+                    pair.set()
+            if long:
+                time.sleep(0.02)
+            elif not first:  # a short call: wait (bounded) for a second one to overlap it
+                pair.wait(2.0)
+            with lock:
+                state["now"] -= 1
+            return {"y": inputs["x"]}
+
+        async def main() -> None:
+            with ThreadPoolExecutor(4) as pool:
+                config = BatchingConfig(2, inline_below_ms=0, max_concurrent_batches=2)
+                batcher = Batcher(run, pool, config)
+                x = np.zeros((1, 2), np.float32)
+                await batcher.submit({"x": x})  # the first call measures the model
+                await asyncio.gather(*(batcher.submit({"x": x}) for _ in range(12)))
+                await batcher.close()
+
+        asyncio.run(main())
+        return state["peak"]
+
+    assert peak_in_flight(long=True) == 1  # 20 ms calls: one at a time, in batches of 2
+    assert peak_in_flight(long=False) == 2  # sub-ms calls: two overlap

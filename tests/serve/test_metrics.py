@@ -16,6 +16,29 @@ def test_each_metrics_object_has_its_own_registry():
     assert b'ember_requests_total{model="m"' not in b.render()[0]
 
 
+def test_histograms_are_cumulative_with_inclusive_bounds_count_and_sum():
+    metrics = ServeMetrics()
+    observe = metrics.observer("m", 3)
+    observe(4, [0.001, 0.0001, 7.0], 0.01)  # rows, queue seconds per request, compute seconds
+    observe(64, [20.0], 0.002)
+    text = metrics.render()[0].decode()
+    for line in (
+        'ember_queue_duration_seconds_bucket{le="0.0005",model="m",version="3"} 1.0',
+        'ember_queue_duration_seconds_bucket{le="0.001",model="m",version="3"} 2.0',  # le: <=
+        'ember_queue_duration_seconds_bucket{le="5.0",model="m",version="3"} 2.0',
+        'ember_queue_duration_seconds_bucket{le="10.0",model="m",version="3"} 3.0',
+        'ember_queue_duration_seconds_bucket{le="+Inf",model="m",version="3"} 4.0',
+        'ember_queue_duration_seconds_count{model="m",version="3"} 4.0',
+        'ember_queue_duration_seconds_sum{model="m",version="3"} 27.0011',
+        'ember_batch_size_bucket{le="4.0",model="m",version="3"} 1.0',
+        'ember_batch_size_bucket{le="32.0",model="m",version="3"} 1.0',
+        'ember_batch_size_bucket{le="64.0",model="m",version="3"} 2.0',
+        'ember_compute_duration_seconds_count{model="m",version="3"} 2.0',
+        "# TYPE ember_request_duration_seconds histogram",
+    ):
+        assert line in text, line
+
+
 def test_requests_latencies_and_models_loaded_are_exported(server):
     httpx.post(server.url + "/v2/models/mlp/infer", json=ROW)
     httpx.post(server.url + "/v1/models/half_plus_three:predict", json={"instances": [1.0]})

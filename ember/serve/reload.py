@@ -1,0 +1,188 @@
+"""Hot reload: keeps a repository's loaded versions in step with the disk.
+
+A scan finds what changed; a new or changed version is loaded and warmed in the background (once
+its files stop changing) and gets traffic only when it is ready; a version leaving the policy or the
+disk drains its in-flight requests before it is unloaded; a version that fails to load is reported
+and never serves, and a version already serving keeps serving when its replacement fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ember.serve.batching import BatchingConfig
+from ember.serve.routing import ModelRoutes, VersionEntry
+from ember.serve.runtime import ModelVersion, load_version
+from ember.serve.versions import DEFAULT_POLICY, Layout, read_config, scan
+
+__all__ = ["RepositorySync"]
+
+logger = logging.getLogger(__name__)
+
+
+class RepositorySync:
+    """The disk-sync half of ``ModelRepository`` (a mixin: it works on the repository's state).
+
+    ``_sync`` scans and plans; ``_watch`` repeats it every ``poll_interval`` seconds.
+    """
+
+    root: Path
+    poll_interval: float | None
+    runtime: str
+    batching: BatchingConfig | None
+    metrics: Any
+    drain_timeout: float
+    executor: ThreadPoolExecutor
+    _loader: ThreadPoolExecutor
+    _single: bool
+    _models: dict[str, ModelRoutes]
+    _unloaded: set[str]
+    _seen: dict[tuple[str, int], Any]
+    _background: set[asyncio.Future]
+    _policy_override: dict[str, dict]
+    _lock: asyncio.Lock | None
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self._sync(immediate=False)
+            except Exception:  # a bad scan must never stop the watcher
+                logger.exception("Repository scan failed")
+
+    async def _sync(self, *, immediate: bool, only: str | None = None) -> None:
+        """Scans the disk and loads/retires what changed (``immediate``: now, and wait)."""
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            layout = await loop.run_in_executor(self._loader, scan, self.root, self._single)
+            tasks = []
+            for name, versions in layout.items():
+                if (only is not None and name != only) or name in self._unloaded:
+                    continue
+                tasks += self._plan(name, versions, immediate)
+            for name, model in self._models.items():
+                if name not in layout and name not in self._unloaded:
+                    tasks += [self._retire(model, v) for v in list(model.entries)]
+        if immediate:
+            await asyncio.gather(*tasks)
+        else:
+            for coro in tasks:
+                task = asyncio.ensure_future(coro)
+                self._background.add(task)  # keep a reference until it is done
+                task.add_done_callback(self._background.discard)
+
+    def _plan(self, name: str, versions: Layout, immediate: bool) -> list:
+        """Decides what to load and what to retire for one model; returns coroutines to run."""
+        model = self._models.get(name)
+        if model is None:
+            model = self._models[name] = ModelRoutes(name, *self._config(name))
+        todo = []
+        failed = model.failed(versions)
+        for v, (path, fp) in versions.items():
+            entry = model.entries.get(v)
+            settled = entry is not None and entry.state != "END" and entry.fingerprint == fp
+            if settled or (entry is not None and entry.state in ("LOADING", "UNLOADING")):
+                continue
+            known = entry is not None and entry.fingerprint == fp  # loaded before: stable
+            if not immediate and not known and self._seen.get((name, v)) != fp:
+                self._seen[(name, v)] = fp  # load once the files stop changing
+                continue
+            if v in model.wanted(versions, failed):
+                todo.append(self._load(model, v, path, fp))
+        model.gone = {v for v in model.entries if v not in versions}
+        retire = [self._retire(model, v) for v in sorted(model.gone)]
+        if todo and any(model.entries[v].state == "AVAILABLE" for v in model.gone):
+            # A serving version was deleted: it serves until its replacement is ready (no gap).
+            return [_in_order(todo, retire)]
+        return todo + retire
+
+    def _config(self, name: str) -> tuple[dict, dict[str, int]]:
+        override = self._policy_override.get(name)
+        if self._single:
+            return override or DEFAULT_POLICY, {}
+        return read_config(self.root / name, override)
+
+    async def _load(self, model: ModelRoutes, version: int, path: Path, fp: Any) -> None:
+        entry = model.entries.get(version)
+        if entry is None or entry.state in ("FAILED", "END"):
+            entry = model.entries[version] = VersionEntry()
+        entry.fingerprint = fp
+        entry.task = asyncio.current_task()
+        observe = self.metrics.observer(model.name, version) if self.metrics else None
+        try:
+            mv = await asyncio.get_running_loop().run_in_executor(
+                self._loader,
+                lambda: load_version(
+                    model.name, version, path, self.executor, runtime=self.runtime,
+                    batching=self.batching, observe=observe,
+                ),
+            )  # fmt: skip
+        except Exception as exc:
+            logger.error("Version %d of %s failed to load: %s", version, model.name, exc)
+            if entry.mv is None:  # never served: report it; a serving version keeps serving
+                entry.state = "FAILED"
+            entry.error = str(exc)
+            entry.task = None
+            self._after_change(model)
+            return
+        old, entry.mv, entry.state, entry.error, entry.task = entry.mv, mv, "AVAILABLE", None, None
+        self._after_change(model)
+        if old is not None:
+            await self._drain_and_close(old)
+        await self._retire_unwanted(model)
+
+    async def _retire_unwanted(self, model: ModelRoutes) -> None:
+        if any(e.state == "LOADING" for e in model.entries.values()):
+            return  # traffic moves only when every new version has settled
+        on_disk = {
+            v: (None, e.fingerprint)
+            for v, e in model.entries.items()
+            if e.state != "END" and v not in model.gone
+        }
+        wanted = model.wanted(on_disk, model.failed(on_disk))
+        await asyncio.gather(
+            *(
+                self._retire(model, v)
+                for v, e in list(model.entries.items())
+                if e.state == "AVAILABLE" and v not in wanted
+            )
+        )
+
+    async def _retire(self, model: ModelRoutes, version: int) -> None:
+        entry = model.entries.get(version)
+        if entry is None or entry.state in ("UNLOADING", "END"):
+            return
+        if entry.task is not None and entry.task is not asyncio.current_task():
+            entry.task.cancel()
+        mv, entry.mv = entry.mv, None
+        entry.state = "UNLOADING" if mv is not None else "END"
+        self._after_change(model)
+        if mv is not None:
+            await self._drain_and_close(mv)
+            entry.state = "END"
+            logger.info("Unloaded %s version %d", model.name, version)
+
+    async def _drain_and_close(self, mv: ModelVersion) -> None:
+        mv.state = "UNLOADING"
+        if not await mv.drain(self.drain_timeout):
+            logger.warning(
+                "%s version %d: in-flight requests still running after %.0fs",
+                mv.name,
+                mv.version,
+                self.drain_timeout,
+            )
+        await mv.close()
+
+    def _after_change(self, model: ModelRoutes) -> None:
+        model.rebuild()
+        if self.metrics is not None:
+            self.metrics.set_loaded(model.name, len(model.serving))
+
+
+async def _in_order(first: list, then: list) -> None:
+    await asyncio.gather(*first)
+    await asyncio.gather(*then)
