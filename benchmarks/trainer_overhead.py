@@ -7,7 +7,8 @@ the default TensorBoard logger (per-step loss, epoch scalars and norms, weight a
 histograms every epoch, the graph), history.json, the default checkpointing (`last`, refreshed at
 most every 10 s and at the end of fit: the final save is inside the measured time) and the report. The torch
 loop is written as people write it: zero_grad, forward, loss, backward, step, and `loss.item()`
-summed per epoch. Runs alternate (torch, ember, torch, ember, ...) and the medians are compared.
+summed per epoch. Runs alternate (torch, ember, ember, torch, ...); each round's ember run is divided
+by the torch run beside it and the median of those paired ratios is printed.
 
 Printed figures:
   step ratio     steady-state time per training step (epochs 2..N, everything the loop does
@@ -187,7 +188,12 @@ def compare(name: str, make, x, y, rounds: int, epochs: int, root: str) -> dict[
         side: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         for side, runs in results.items()
     }
-    ratios = {k: med["ember"][k] / med["torch"][k] for k in med["torch"]}
+    # Paired: each round's ember run over the torch run next to it, then the median of those
+    # ratios, so the machine's drift between rounds cancels out.
+    ratios = {
+        k: statistics.median(e[k] / t[k] for e, t in zip(results["ember"], results["torch"]))
+        for k in med["torch"]
+    }
     for clock in ("cpu", "wall"):
         print(
             f"{name} ({clock:4s}) step: torch {med['torch'][f'step_{clock}'] * 1e3:.3f} ms, "
