@@ -169,17 +169,8 @@ class TensorBoardLogger(Logger):
         for tag, h in zip(tags, histograms(tensors, bins=_HISTOGRAM_BINS)):
             if h is None:  # no finite value: the other histograms are still written
                 continue
-            self._writer.add_histogram_raw(
-                tag,
-                min=h.min,
-                max=h.max,
-                num=h.num,
-                sum=h.sum,
-                sum_squares=h.sum_squares,
-                bucket_limits=h.bucket_limits,
-                bucket_counts=h.bucket_counts,
-                global_step=step,
-            )
+            # Histogram's fields are add_histogram_raw's keyword arguments, one for one.
+            self._writer.add_histogram_raw(tag, global_step=step, **vars(h))
 
     def flush(self) -> None:
         if self._writer is not None:
