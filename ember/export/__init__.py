@@ -66,11 +66,15 @@ def export(
         "calibration_data": calibration_data,
         "eval_data": eval_data,
     }
+    from ember.export.quiet import quiet_toolchains
+
     results = {}
-    for name in names:
-        module = importlib.import_module(f"ember.export.{TARGETS[name]}")
-        logger.info("Exporting %s to %s", package_dir, name)
-        results[name] = getattr(module, f"export_{name}")(package_dir, **options)
+    # The toolchains' harmless chatter is hidden unless ember logs at DEBUG (`ember -v`).
+    with quiet_toolchains(verbose=logger.isEnabledFor(logging.DEBUG)):
+        for name in names:
+            module = importlib.import_module(f"ember.export.{TARGETS[name]}")
+            logger.info("Exporting %s to %s", package_dir, name)
+            results[name] = getattr(module, f"export_{name}")(package_dir, **options)
     return results
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +99,26 @@ def run_pte(file: str | os.PathLike, inputs: torch.Tensor) -> Any:
         (1, 10)
     """
     runtime = require("executorch.runtime", "mobile").Runtime.get()
-    method = runtime.load_program(Path(file)).load_method("forward")
-    return method.execute([inputs.contiguous()])[0].numpy()
+    with _native_stderr_hidden():  # XNNPACK's cpuinfo prints probe notes on first use
+        method = runtime.load_program(Path(file)).load_method("forward")
+        return method.execute([inputs.contiguous()])[0].numpy()
+
+
+@contextlib.contextmanager
+def _native_stderr_hidden() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for the block (C++ prints; Python errors still raise)."""
+    if logger.isEnabledFor(logging.DEBUG):  # `ember -v` shows everything
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _write_pte(package_dir: Path, inputs: torch.Tensor) -> None:
