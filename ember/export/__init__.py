@@ -69,8 +69,8 @@ def export(
     from ember.export.quiet import quiet_toolchains
 
     results = {}
-    # The toolchains' harmless chatter is hidden unless ember logs at DEBUG (`ember -v`).
-    with quiet_toolchains(verbose=logger.isEnabledFor(logging.DEBUG)):
+    # The toolchains' harmless chatter is hidden unless ember logs at INFO (`ember -v`).
+    with quiet_toolchains(verbose=logger.isEnabledFor(logging.INFO)):
         for name in names:
             module = importlib.import_module(f"ember.export.{TARGETS[name]}")
             logger.info("Exporting %s to %s", package_dir, name)

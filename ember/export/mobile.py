@@ -107,7 +107,7 @@ def run_pte(file: str | os.PathLike, inputs: torch.Tensor) -> Any:
 @contextlib.contextmanager
 def _native_stderr_hidden() -> Iterator[None]:
     """Point file descriptor 2 at /dev/null for the block (C++ prints; Python errors still raise)."""
-    if logger.isEnabledFor(logging.DEBUG):  # `ember -v` shows everything
+    if logger.isEnabledFor(logging.INFO):  # `ember -v` shows everything
         yield
         return
     sys.stderr.flush()
