@@ -7,6 +7,8 @@ req/s, p50 and p99 of
   * ember serve (KServe v2 REST, every feature on: batching, metrics, hot-reload watcher),
   * a bare starlette + uvicorn endpoint running the same ONNX model (no batching, no checks),
   * LitServe running the same ONNX session with its batching on (when ``litserve`` imports),
+  * TorchServe running the same ONNX session in a handler, with its batching on (when the
+    ``torchserve`` and ``torch-model-archiver`` commands and ``java`` are found),
 and the ratios to the bare endpoint and to in-process ONNX Runtime at the same batch size
 (samples/s of ``session.run`` on a batch of ``concurrency`` rows, every core: the limit batching
 can reach). Servers alternate within each round; figures are medians over ``--rounds``.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +150,104 @@ else:
                                  "data": y.ravel().tolist()}]}  # fmt: skip
 
 
+def ts_handle(data: list[dict] | None, context):  # noqa: ANN001, ANN201 - TorchServe's Context
+    """TorchServe's side (a function handler): the same ONNX session and JSON, batched by TorchServe.
+
+    TorchServe calls it once with ``data=None`` to set up, then with one list of requests per batch.
+    """
+    if data is None:
+        model = (
+            Path(context.system_properties["model_dir"])
+            / context.manifest["model"]["serializedFile"]
+        )
+        context.ort_session = _session(str(model))
+        return None
+    # TorchServe has already parsed application/json bodies; bytes only when it could not.
+    tensors = [_json(row.get("body", row.get("data")))["inputs"][0] for row in data]
+    x = np.concatenate(
+        [np.asarray(t["data"], dtype=np.float32).reshape(t["shape"]) for t in tensors]
+    )
+    (y,) = context.ort_session.run(None, {tensors[0]["name"]: x})  # (B, 10)
+    return [{"outputs": [{"name": "output", "datatype": "FP32", "shape": [1, *row.shape],
+                          "data": row.ravel().tolist()}]} for row in y]  # fmt: skip
+
+
+def _json(body: dict | bytes | bytearray) -> dict:
+    return body if isinstance(body, dict) else orjson.loads(body)
+
+
+def torchserve_tools() -> tuple[str, str] | None:
+    """The ``torchserve`` and ``torch-model-archiver`` commands, or None (with a note) if missing."""
+    found = []
+    for tool in ("torchserve", "torch-model-archiver"):
+        beside = Path(sys.executable).with_name(tool)
+        found.append(str(beside) if beside.is_file() else shutil.which(tool))
+    java_home = os.environ.get("JAVA_HOME")
+    java = f"{java_home}/bin/java" if java_home else shutil.which("java")
+    missing = [n for n, f in zip(("torchserve", "torch-model-archiver", "java"), [*found, java])
+               if not f or not Path(f).is_file()]  # fmt: skip
+    if missing:
+        print(f"TorchServe side skipped: {', '.join(missing)} not found (see docs/benchmarks.md)")
+        return None
+    return found[0], found[1]
+
+
+def start_torchserve(tools: tuple[str, str], onnx_file: str, name: str, port: int,
+                     workdir: Path) -> subprocess.Popen:  # fmt: skip
+    """Archives ``ts_handle`` and the ONNX file into ``name.mar`` and starts TorchServe on it.
+
+    One worker, batches of up to ``MAX_BATCH`` requests, 1 ms batch delay; its logs, pid file and
+    config live in ``workdir``. Stop it with ``stop_torchserve``.
+    """
+    store = workdir / "store"
+    store.mkdir(parents=True)
+    (workdir / "model-config.yaml").write_text(
+        f"minWorkers: 1\nmaxWorkers: 1\nbatchSize: {MAX_BATCH}\nmaxBatchDelay: 1\n"
+    )
+    # "file:function" without ".py": the archiver copies file.py and the worker calls function.
+    handler = f"{Path(__file__).with_suffix('')}:ts_handle"
+    ts_env = {"TMPDIR": str(workdir)}  # its pid file and the archiver's scratch directory
+    subprocess.run([tools[1], "--model-name", name, "--version", "1.0", "--serialized-file",
+                    onnx_file, "--handler", handler, "--config-file",
+                    str(workdir / "model-config.yaml"), "--export-path", str(store)],
+                   check=True, cwd=workdir, env={**os.environ, **ts_env})  # fmt: skip
+    addresses = {"inference_address": port, "management_address": _free_port(),
+                 "metrics_address": _free_port()}  # fmt: skip
+    (workdir / "config.properties").write_text(
+        "".join(f"{k}=http://127.0.0.1:{v}\n" for k, v in addresses.items())
+        + "default_workers_per_model=1\n"
+    )
+    args = ["--start", "--foreground", "--ncs", "--disable-token-auth", "--ts-config",
+            str(workdir / "config.properties"), "--model-store", str(store), "--models",
+            f"{name}={name}.mar"]  # fmt: skip
+    proc = start(args, port, "/ping", exe=tools[0], cwd=workdir, env=ts_env)
+    # /ping answers before the worker has loaded the model: wait for the management API's READY.
+    url = f"http://127.0.0.1:{addresses['management_address']}/models/{name}"
+    status, deadline = "", time.time() + 120
+    while '"READY"' not in status and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                status = answer.read().decode()
+        except OSError:  # not registered yet (404) or not listening yet
+            continue
+    if '"READY"' not in status:
+        stop_torchserve(tools, proc, workdir)
+        raise RuntimeError(f"TorchServe's worker for {name} did not start; see {workdir}/logs")
+    return proc
+
+
+def stop_torchserve(tools: tuple[str, str], proc: subprocess.Popen, workdir: Path) -> None:
+    """``torchserve --stop``, then ends whatever is left of its process group (java, workers)."""
+    subprocess.run([tools[0], "--stop"], cwd=workdir, env={**os.environ, "TMPDIR": str(workdir)},
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)  # fmt: skip
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        pass
+    stop(proc)
+
+
 def run_litserve(onnx_file: str, name: str, port: int) -> None:
     """LitServe with one worker running the same ONNX session, batching up to ``MAX_BATCH``."""
     api = OnnxAPI(onnx_file, max_batch_size=MAX_BATCH, batch_timeout=0.001,
@@ -185,11 +287,12 @@ async def drive(port: int, path: str, body: bytes, concurrency: int, seconds: fl
             "p99": float(np.percentile(lat, 99)), "errors": errors[0]}  # fmt: skip
 
 
-def start(args: list[str], port: int, health: str | None) -> subprocess.Popen:
-    """Starts a server process and waits until ``GET health`` answers 200 (None: any answer)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    # Its own process group: LitServe spawns workers that must go down with it (stop()).
-    proc = subprocess.Popen([sys.executable, *args], env=env, stderr=subprocess.DEVNULL,
+def start(args: list[str], port: int, health: str | None, exe: str = sys.executable,
+          cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:  # fmt: skip
+    """Starts ``exe args`` and waits until ``GET health`` answers 200 (None: any answer)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    # Its own process group: LitServe and TorchServe spawn workers that must go down with it (stop()).
+    proc = subprocess.Popen([exe, *args], env=env, stderr=subprocess.DEVNULL, cwd=cwd,
                             stdout=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -237,15 +340,14 @@ def _row(name: str, c: int, cells: dict[str, dict], limit: float) -> str:
     e, b = cells["ember"], cells["bare"]
     text = f"{name:5} {c:>4} |"
     for side in cells.values():
-        text += f"{side['rps']:>15.0f} {side['p50']:>7.2f} {side['p99']:>7.2f} | "
+        text += f"{side['rps']:>16.0f} {side['p50']:>7.2f} {side['p99']:>7.2f} | "
     text += f"{limit:>9.0f} | {e['rps'] / b['rps']:>7.2f} {e['rps'] / limit:>6.2f}"
     errors = {k: v["errors"] for k, v in cells.items() if v["errors"]}
     return text + (f"  errors: {errors}" if errors else "")
 
 
-def _header(litserve: bool) -> str:
-    sides = ["ember", "bare"] + (["litserve"] if litserve else [])
-    cells = "".join(f"{side + ' req/s':>15} {'p50 ms':>7} {'p99 ms':>7} | " for side in sides)
+def _header(sides: list[str]) -> str:
+    cells = "".join(f"{side + ' req/s':>16} {'p50 ms':>7} {'p99 ms':>7} | " for side in sides)
     return f"{'model':5} {'conc':>4} |" + cells + f"{'ORT limit':>9} | {'vs bare':>7} {'vs ORT':>6}"
 
 
@@ -256,6 +358,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
     parser.add_argument("--no-litserve", action="store_true", help="skip LitServe")
+    parser.add_argument("--no-torchserve", action="store_true", help="skip TorchServe")
     parser.add_argument("--repo", type=Path, default=None, help="where to build the models")
     parser.add_argument("--bare", nargs=2, metavar=("ONNX", "PORT"), help=argparse.SUPPRESS)
     parser.add_argument("--lit", nargs=3, metavar=("ONNX", "NAME", "PORT"), help=argparse.SUPPRESS)
@@ -272,48 +375,65 @@ def main() -> None:
     repo = args.repo or Path(tempfile.mkdtemp()) / "models"
     shapes = build_models(repo)
     litserve = not args.no_litserve and ls is not None
+    torchserve = None if args.no_torchserve else torchserve_tools()
     port = _free_port()
     serve = (f"from ember.serve import serve; serve({str(repo)!r}, port={port}, grpc_port=None, "
              f"management_port=None, poll_interval=2.0, max_batch_size={MAX_BATCH})")  # fmt: skip
     ember = start(["-c", serve], port, "/v2/health/ready")
-    print(_header(litserve), flush=True)
+    sides = ["ember", "bare"] + ["litserve"] * litserve + ["torchserve"] * bool(torchserve)
+    print(_header(sides), flush=True)
     try:
         for name in args.models:
-            _bench_model(args, repo, name, shapes[name], port, litserve)
+            _bench_model(args, repo, name, shapes[name], port, litserve, torchserve)
     finally:
         stop(ember)
 
 
 def _bench_model(args: argparse.Namespace, repo: Path, name: str, shape: tuple[int, ...],
-                 ember_port: int, litserve: bool) -> None:  # fmt: skip
+                 ember_port: int, litserve: bool, torchserve: tuple[str, str] | None) -> None:  # fmt: skip
     onnx_file = str(repo / name / "1" / "model.onnx")
     x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
     body = orjson.dumps({"inputs": [{"name": "input", "shape": [1, *shape], "datatype": "FP32",
                                      "data": x.ravel().tolist()}]})  # fmt: skip
-    ports, procs = {"ember": ember_port}, []
+    infer = f"/v2/models/{name}/infer"
+    ports, paths, procs = {"ember": ember_port}, {"ember": infer}, []
+    ts_proc, ts_dir = None, Path(tempfile.mkdtemp(prefix="torchserve-"))
     try:
-        ports["bare"] = _free_port()
+        ports["bare"], paths["bare"] = _free_port(), infer
         procs.append(
             start([__file__, "--bare", onnx_file, str(ports["bare"])], ports["bare"], None)
         )
         if litserve:
-            ports["litserve"] = _free_port()
+            ports["litserve"], paths["litserve"] = _free_port(), infer
             procs.append(start([__file__, "--lit", onnx_file, name, str(ports["litserve"])],
                                ports["litserve"], "/health"))  # fmt: skip
-        path = f"/v2/models/{name}/infer"
+        if torchserve:
+            ports["torchserve"], paths["torchserve"] = _free_port(), f"/predictions/{name}"
+            ts_proc = start_torchserve(torchserve, onnx_file, name, ports["torchserve"], ts_dir)
+        for side in ports:  # warm-up (lazy set-up, caches, the JVM's JIT) stays out of the figures
+            asyncio.run(drive(ports[side], paths[side], body, 8, 2.0))
         for c in args.concurrency:
-            runs: dict[str, list[dict]] = {k: [] for k in ports}
-            limits = []
-            for r in range(args.rounds):
-                order = list(ports)[r % len(ports) :] + list(ports)[: r % len(ports)]
-                for side in order:
-                    runs[side].append(asyncio.run(drive(ports[side], path, body, c, args.seconds)))
-                limits.append(ort_limit(Path(onnx_file), shape, c, seconds=args.seconds / 2))
-            cells = {k: _median(v) for k, v in runs.items()}
-            print(_row(name, c, cells, statistics.median(limits)), flush=True)
+            _bench_cell(args, name, shape, onnx_file, c, ports, paths, body)
     finally:
+        if ts_proc is not None:
+            stop_torchserve(torchserve, ts_proc, ts_dir)
         for proc in procs:
             stop(proc)
+        shutil.rmtree(ts_dir, ignore_errors=True)
+
+
+def _bench_cell(args: argparse.Namespace, name: str, shape: tuple[int, ...], onnx_file: str,
+                c: int, ports: dict[str, int], paths: dict[str, str], body: bytes) -> None:  # fmt: skip
+    """One table row: every side at concurrency ``c``, alternating, medians over the rounds."""
+    runs: dict[str, list[dict]] = {k: [] for k in ports}
+    limits = []
+    for r in range(args.rounds):
+        order = list(ports)[r % len(ports) :] + list(ports)[: r % len(ports)]
+        for side in order:
+            runs[side].append(asyncio.run(drive(ports[side], paths[side], body, c, args.seconds)))
+        limits.append(ort_limit(Path(onnx_file), shape, c, seconds=args.seconds / 2))
+    cells = {k: _median(v) for k, v in runs.items()}
+    print(_row(name, c, cells, statistics.median(limits)), flush=True)
 
 
 if __name__ == "__main__":
