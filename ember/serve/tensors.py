@@ -19,6 +19,7 @@ __all__ = [
     "datatype_of",
     "numpy_dtype",
     "decode_tensor",
+    "values_array",
     "decode_binary",
     "check_inputs",
 ]
@@ -165,6 +166,22 @@ def decode_tensor(name: str, datatype: str, shape: Any, data: Any) -> np.ndarray
             f"Input {name!r}: shape {dims} needs {expected} elements, received {array.size}.",
         )
     return array.reshape(dims)
+
+
+def values_array(name: str, datatype: str, values: Any) -> np.ndarray:
+    """A JSON list of values (TF Serving rows, TorchServe data) as an array of ``datatype``.
+
+    Raises:
+        ServeError: 400 naming the input when the values do not convert (ragged rows, text).
+
+    Example:
+        >>> values_array("x", "FP32", [[1, 2], [3, 4]]).dtype
+        dtype('float32')
+    """
+    try:
+        return np.asarray(values, dtype=numpy_dtype(datatype))
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ServeError(400, f"Input {name!r}: values do not fit {datatype} ({exc}).") from None
 
 
 def decode_binary(name: str, datatype: str, shape: Any, raw: bytes) -> np.ndarray:

@@ -65,3 +65,11 @@ def test_spec_parse_accepts_every_spelling():
     }  # fmt: skip
     assert TensorSpec.parse("x", "float32", [None]).datatype == "FP32"
     assert TensorSpec.parse("x", "int64", [3]).datatype == "INT64"
+
+
+def test_values_array_converts_rows_and_names_the_input_when_they_do_not_fit():
+    from ember.serve.tensors import values_array
+
+    assert values_array("x", "INT64", [[1, 2], [3, 4]]).dtype == np.int64
+    with pytest.raises(ServeError, match="Input 'x': values do not fit FP32"):
+        values_array("x", "FP32", [[1, 2], [3]])

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from ember.serve.errors import ServeError
 from ember.serve.protocols import Context, JSONResponse, endpoint, read_body, read_json
-from ember.serve.tensors import TensorSpec, numpy_dtype
+from ember.serve.tensors import TensorSpec, values_array
 
 __all__ = ["routes", "decode_predict", "softmax_scores"]
 
@@ -174,12 +174,7 @@ def _array(name: str, value: Any, specs: list[TensorSpec]) -> np.ndarray:
         raise ServeError(
             400, f"Unknown input {name!r}. The model takes: {', '.join(s.name for s in specs)}."
         )
-    try:
-        array = np.asarray(value, dtype=numpy_dtype(spec.datatype))
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise ServeError(
-            400, f"Input {name!r}: values do not fit {spec.datatype} ({exc})."
-        ) from None
+    array = values_array(name, spec.datatype, value)
     if array.ndim == 0:
         raise ServeError(400, f"Input {name!r}: expected a list of values, received a scalar.")
     return array

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from ember.serve.errors import ServeError
 from ember.serve.protocols import Context, JSONResponse, endpoint, read_body
 from ember.serve.protocols.tfserving import softmax_scores
-from ember.serve.tensors import numpy_dtype
+from ember.serve.tensors import values_array
 
 __all__ = ["routes", "TOP_K"]
 
@@ -70,12 +70,7 @@ def _decode(payload: Any, spec: Any) -> tuple[np.ndarray, bool]:
         payload = payload[key]
     if not isinstance(payload, list):
         raise ServeError(400, f"The input must be a JSON list, received {type(payload).__name__}.")
-    try:
-        x = np.asarray(payload, dtype=numpy_dtype(spec.datatype))
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise ServeError(
-            400, f"Input {spec.name!r}: values do not fit {spec.datatype} ({exc})."
-        ) from None
+    x = values_array(spec.name, spec.datatype, payload)
     if x.ndim == len(spec.shape) - 1:
         return x[None], True  # one instance: add the batch dimension
     return x, False
