@@ -101,7 +101,13 @@ def _zero_loss_sum(device: torch.device) -> float | torch.Tensor:
 def _loss_sum_state(total: float | torch.Tensor) -> torch.Tensor:
     if isinstance(total, torch.Tensor):
         return total.detach().cpu()
-    return torch.tensor(total, dtype=torch.float64)
+    return torch.tensor(total, dtype=torch.float64)  # a float sum comes back exactly
+
+
+def _loss_sum_restored(saved: torch.Tensor | None, device: torch.device) -> float | torch.Tensor:
+    if saved is None:
+        return _zero_loss_sum(device)
+    return float(saved) if device.type == "cpu" else saved.to(device)
 
 
 def _safe_len(loader: Any) -> int | None:
@@ -312,12 +318,7 @@ def restore(trainer: Trainer, program: Program, ckpt: Any) -> None:
     trainer.history.load_state_dict(meta["history"])
     trainer.logged_metrics = dict(meta["logged_metrics"])
     trainer._epoch_samples = meta["samples_in_epoch"]
-    trainer._epoch_loss_sum = _zero_loss_sum(trainer.device)
-    if state["loss_sum"] is not None:  # float64 when the sum was a float: restored exactly
-        saved = state["loss_sum"]
-        trainer._epoch_loss_sum = (
-            float(saved) if trainer.device.type == "cpu" else saved.to(trainer.device)
-        )
+    trainer._epoch_loss_sum = _loss_sum_restored(state["loss_sum"], trainer.device)
     _load_metric_states(program.module, state["metrics"])
     set_rng_state(state["rng"])
     log.info(

@@ -201,18 +201,16 @@ class Trainer:
     @property
     def is_last_epoch(self) -> bool:
         """In the current epoch's hooks: whether `fit` stops after this epoch."""
+        return self._done(epochs_done=self.current_epoch + 1)
+
+    def _done(self, epochs_done: int | None = None) -> bool:
+        """Whether the loop stops once `epochs_done` epochs (default: those counted so far) ran."""
+        epochs = self.current_epoch if epochs_done is None else epochs_done
         return (
             self.should_stop
-            or (self.max_epochs is not None and self.current_epoch + 1 >= self.max_epochs)
             or (self.max_steps is not None and self.global_step >= self.max_steps)
+            or (self.max_epochs is not None and epochs >= self.max_epochs)
         )
-
-    def _done(self) -> bool:
-        if self.should_stop:
-            return True
-        if self.max_steps is not None and self.global_step >= self.max_steps:
-            return True
-        return self.max_epochs is not None and self.current_epoch >= self.max_epochs
 
     def _setup_model(self, program: Program, train_loader: Any) -> None:
         self._program = program
