@@ -37,6 +37,11 @@ class ProgressBar(Callback):
     """
 
     def __init__(self, refresh_interval: float = 0.5, stream: Any = None) -> None:
+        if not isinstance(refresh_interval, (int, float)) or refresh_interval < 0:
+            raise ValueError(
+                "Received an invalid value for `refresh_interval`, expected seconds >= 0. "
+                f"Received: refresh_interval={refresh_interval!r}"
+            )
         self.refresh_interval = refresh_interval
         self.stream = stream
         self._progress = None

@@ -116,3 +116,8 @@ def test_rich_bar_stops_when_training_fails(monkeypatch):
     with pytest.raises(CallbackError, match="Callback Fail failed in on_train_batch_end"):
         _trainer([bar, Fail()]).fit(_model(), _data())
     assert bar._progress is None
+
+
+def test_refresh_interval_must_be_seconds_not_negative():
+    with pytest.raises(ValueError, match="refresh_interval.*Received: refresh_interval=-1"):
+        ProgressBar(refresh_interval=-1)
