@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from ember.train.budget import TimeBudget
 
 __all__ = ["Logger", "TensorBoardLogger", "CSVLogger", "next_version", "share_version"]
 
@@ -85,10 +88,12 @@ class Logger:
 
     def log_graph(self, model: nn.Module, example_input: Any) -> None: ...
 
-    def log_histograms(self, model: nn.Module, step: int) -> None: ...
+    def log_histograms(self, model: nn.Module, step: int, final: bool = False) -> None:
+        """Weight and gradient histograms after epoch `step`; `final`: the last epoch of `fit`."""
 
     def flush(self) -> None:
-        """Make what was logged so far durable (called after every epoch)."""
+        """Write what was logged to disk. The Trainer calls it after every epoch; a logger may
+        write less often (TensorBoard: at most every `flush_secs`)."""
 
     def finalize(self, final_metrics: dict[str, float]) -> None: ...
 
@@ -99,7 +104,14 @@ class TensorBoardLogger(Logger):
     Args:
         save_dir, name, version: see `Logger`.
         histogram_every_n_epochs: weight and gradient histograms every n epochs (0 disables).
+        histogram_budget: the largest share of training time histograms may take (0.002 = 0.2%).
+            When epochs are much shorter than the histograms' cost allows, some epochs get none
+            (the last epoch of `fit` always does); None writes them every n epochs whatever
+            they cost.
         log_graph: write the model graph (traced with the first batch).
+        flush_secs: events reach the file at most this long after they are logged (a running
+            `tensorboard` shows them then); the flush after each epoch is skipped until this long
+            has passed since the last one. `fit` ends with everything written.
 
     Example:
         >>> ember.Trainer(logger=TensorBoardLogger("runs", name="digits"))
@@ -112,11 +124,21 @@ class TensorBoardLogger(Logger):
         name: str = "default",
         version: Any = None,
         histogram_every_n_epochs: int = 1,
+        histogram_budget: float | None = 0.002,
         log_graph: bool = True,
+        flush_secs: float = 2.0,
     ) -> None:
         super().__init__(save_dir, name, version)
         self.histogram_every_n_epochs = histogram_every_n_epochs
+        self._histogram_budget = TimeBudget(histogram_budget, "histogram_budget")
         self.log_graph_enabled = log_graph
+        if not isinstance(flush_secs, (int, float)) or flush_secs < 0:
+            raise ValueError(
+                "Received an invalid value for `flush_secs`, expected seconds >= 0. "
+                f"Received: flush_secs={flush_secs!r}"
+            )
+        self.flush_secs = flush_secs
+        self._flushed = 0.0  # time.monotonic() of the last flush
         self._writer = None
         self._hparams: dict = {}
 
@@ -125,8 +147,15 @@ class TensorBoardLogger(Logger):
 
         _use_fast_crc32c()
         # A deep event queue: with the default (10) every add_scalar waits on TensorBoard's
-        # writer thread, which costs more per epoch than a short epoch's training.
-        self._writer = SummaryWriter(str(self.log_dir), purge_step=resume_step, max_queue=10_000)
+        # writer thread, which costs more per epoch than a short epoch's training. That thread
+        # also flushes the file every `flush_secs` by itself.
+        self._writer = SummaryWriter(
+            str(self.log_dir),
+            purge_step=resume_step,
+            max_queue=10_000,
+            flush_secs=max(self.flush_secs, 0.001),
+        )
+        self._flushed = time.monotonic()
 
     def log_hyperparams(self, params: dict) -> None:
         self._hparams = {k: _hparam_value(v) for k, v in params.items()}
@@ -151,10 +180,14 @@ class TensorBoardLogger(Logger):
         except Exception as exc:  # tracing fails for some models; the run must go on
             log.warning("TensorBoard graph not written: the model could not be traced (%s).", exc)
 
-    def log_histograms(self, model: nn.Module, step: int) -> None:
+    def log_histograms(self, model: nn.Module, step: int, final: bool = False) -> None:
         n = self.histogram_every_n_epochs
-        if not n or step % n:
+        if not n or step % n or not (final or self._histogram_budget.due()):
             return
+        with self._histogram_budget.timed():
+            self._write_histograms(model, step)
+
+    def _write_histograms(self, model: nn.Module, step: int) -> None:
         from ember.train.histograms import histograms
 
         tags, tensors = [], []
@@ -173,8 +206,11 @@ class TensorBoardLogger(Logger):
             self._writer.add_histogram_raw(tag, global_step=step, **vars(h))
 
     def flush(self) -> None:
-        if self._writer is not None:
+        # Each flush waits for the writer thread to drain its queue (~0.2 ms): worth it only
+        # once `flush_secs` have passed, which the writer thread also checks on its own.
+        if self._writer is not None and time.monotonic() - self._flushed >= self.flush_secs:
             self._writer.flush()
+            self._flushed = time.monotonic()
 
     def finalize(self, final_metrics: dict[str, float]) -> None:
         if self._writer is None:

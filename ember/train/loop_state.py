@@ -172,11 +172,10 @@ def materialize(module: torch.nn.Module, loader: Any, device: torch.device) -> N
 
 # -- epoch logs -----------------------------------------------------------------------------------
 def epoch_train_logs(trainer: Trainer, program: Program) -> dict[str, float]:
-    mean = torch.as_tensor(trainer._epoch_loss_sum, device=trainer.device) / max(
-        trainer._epoch_samples, 1
-    )
-    total = trainer.strategy.reduce_mean(mean)
-    logs = {"loss": float(total)}
+    mean = trainer._epoch_loss_sum / max(trainer._epoch_samples, 1)
+    if trainer.strategy.world_size > 1:  # a float sum (CPU) becomes a tensor to reduce
+        mean = trainer.strategy.reduce_mean(torch.as_tensor(mean, device=trainer.device))
+    logs = {"loss": float(mean)}
     logs.update(program.compute_metrics("train", trainer.strategy))
     return logs
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ember.train import evaluation, loop_state, trainer_setup
+from ember.train.budget import TimeBudget
 from ember.train.callbacks import Callback, CallbackRunner
 from ember.train.distributed import get_strategy
 from ember.train.history import History
@@ -29,6 +30,8 @@ from ember.train.trainer_setup import default_callbacks, make_loggers, nan_messa
 __all__ = ["Trainer"]
 
 log = logging.getLogger(__name__)
+
+_HISTORY_BUDGET = 0.002  # the largest share of training time spent writing history.json
 
 
 class Trainer:
@@ -191,9 +194,11 @@ class Trainer:
                 self.current_epoch += 1
                 self.batch_in_epoch = 0
         except BaseException as exc:
+            self._write_history(failing=True)
             runner.call("on_exception", self, model, exc)
             self._finish_logging(final=False)
             raise
+        self._write_history()  # complete before on_fit_end: the report reads it
         runner.call("on_fit_end", self, model)
         self._finish_logging(final=True)
         return self.history
@@ -224,6 +229,8 @@ class Trainer:
         )
         self._runner = CallbackRunner(self.callbacks)
         self.history = History()
+        # history.json after an epoch while it costs under 0.2% of the time, and when fit ends.
+        self._history_budget = TimeBudget(_HISTORY_BUDGET)
         self.current_epoch = self.global_step = self.batch_in_epoch = 0
         self.should_stop = False
         self.hparams = {**program.hparams(), **trainer_setup.trainer_hparams(self)}
@@ -298,17 +305,31 @@ class Trainer:
         info = loop_state.epoch_info(self, program)
         self.history.append(self.current_epoch, logs, info)
         self.logged_metrics.update(logs)
-        self.log_metrics(logs, step=self.current_epoch)
-        self.log_metrics(info["norms"], step=self.current_epoch)
+        self.log_metrics({**logs, **info["norms"]}, step=self.current_epoch)
+        final = self.is_last_epoch
         if self.is_global_zero and not self.strategy.shards_parameters:
             for logger in self.loggers:
-                logger.log_histograms(program.module, self.current_epoch)
+                logger.log_histograms(program.module, self.current_epoch, final=final)
         self._step_epoch_scheduler(logs)
         if self.is_global_zero:
-            self.history.write(self.log_dir / "history.json")
+            # Within its time budget; fit writes it complete when it ends anyway.
+            if not final and self._history_budget.due():
+                with self._history_budget.timed():
+                    self._write_history()
             for logger in self.loggers:
                 logger.flush()
         return logs
+
+    def _write_history(self, failing: bool = False) -> None:
+        """Write history.json (rank 0); while fit fails, a write error must not hide fit's own."""
+        if not self.is_global_zero:
+            return
+        try:
+            self.history.write(self.log_dir / "history.json")
+        except OSError as exc:
+            if not failing:
+                raise
+            log.warning("history.json not written: %s", exc)
 
     def _step_epoch_scheduler(self, logs: dict[str, float]) -> None:
         if self.scheduler is None or self.scheduler_interval != "epoch":

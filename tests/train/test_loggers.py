@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import ember
 from ember import layers
+from ember.train import budget
 from ember.train.loggers import CSVLogger, Logger, TensorBoardLogger, next_version
 
 N, BATCH, EPOCHS = 32, 8, 3  # 4 batches per epoch
@@ -92,8 +93,10 @@ def test_tensorboard_epoch_scalars_match_the_history(tb_run, tag):
     assert [v for _, v in logged] == pytest.approx(history.history[tag], rel=1e-6)
 
 
-def test_tensorboard_histograms_of_every_weight_and_gradient(tb_run):
-    model, _, _, _, acc = tb_run
+def test_tensorboard_histograms_of_every_weight_and_gradient(tmp_path):
+    logger = TensorBoardLogger(tmp_path, histogram_budget=None)  # every epoch, whatever it costs
+    model, trainer, _ = _fit(tmp_path, logger=logger)
+    acc = _events(trainer.log_dir)
     tags = set(acc.Tags()["histograms"])
     for name, p in model.named_parameters():
         for kind in ("weights", "gradients"):
@@ -106,6 +109,37 @@ def test_tensorboard_histograms_of_every_weight_and_gradient(tb_run):
     weight = next(iter(model.parameters())).detach()
     assert last.histogram_value.min == pytest.approx(float(weight.min()), rel=1e-5)
     assert last.histogram_value.max == pytest.approx(float(weight.max()), rel=1e-5)
+
+
+class _TickingClock:
+    """A clock that advances 1 ms per reading: histograms 'cost' 1 ms and epochs seem instant."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 0.001
+        return self.now
+
+
+def test_default_histograms_keep_to_their_time_budget_first_and_last_epoch_always(
+    tmp_path, monkeypatch
+):
+    # Epochs far shorter than 500x the histograms' cost: the default budget (0.2% of the time)
+    # skips the epochs in between, never the first or the last.
+    monkeypatch.setattr(budget, "time", _TickingClock())
+    model, trainer, _ = _fit(tmp_path, epochs=6)
+    acc = _events(trainer.log_dir)
+    for name in dict(model.named_parameters()):
+        for kind in ("weights", "gradients"):
+            assert [e.step for e in acc.Histograms(f"{kind}/{name}")] == [0, 5]
+
+
+def test_histogram_budget_must_be_a_share_of_time(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"histogram_budget.*\(0, 1\].*Received: histogram_budget=2"
+    ):
+        TensorBoardLogger(tmp_path, histogram_budget=2)
 
 
 def test_tensorboard_graph_holds_the_model_ops(tb_run):
@@ -215,3 +249,29 @@ def test_tensorboard_records_use_the_c_crc32c_with_identical_checksums(tmp_path)
     for n in (0, 1, 7, 100, 4097):
         data = os.urandom(n)
         assert record_writer.masked_crc32c(data) == masked_crc32c(data)
+
+
+class _ReadsEvents(ember.Callback):
+    """Reads the run's scalars from disk at the start of every epoch, while fit runs."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_epoch_start(self, trainer, module):
+        acc = _events(trainer.log_dir)
+        self.seen.append(
+            [s for s, _ in _scalars(acc, "loss")] if "loss" in acc.Tags()["scalars"] else []
+        )
+
+
+def test_flush_secs_zero_puts_each_epoch_on_disk_before_the_next(tmp_path):
+    reader = _ReadsEvents()
+    logger = TensorBoardLogger(tmp_path, flush_secs=0)
+    _fit(tmp_path, logger=logger, callbacks=[reader])
+    assert reader.seen == [[], [0], [0, 1]]
+
+
+@pytest.mark.parametrize("value", [-1, "2"])
+def test_flush_secs_must_be_seconds(tmp_path, value):
+    with pytest.raises(ValueError, match=rf"Received: flush_secs={value!r}"):
+        TensorBoardLogger(tmp_path, flush_secs=value)

@@ -1,9 +1,13 @@
+import json
+
 import pytest
 import torch
 from torch import nn
 
 import ember
 from ember.data import make_loader
+from ember.train import budget
+from ember.train.callbacks import CallbackError
 from ember.train.sampler import ResumableSampler
 
 
@@ -176,3 +180,53 @@ def test_resumable_sampler_shards_and_skips():
     for s in ranks:
         s.set_epoch(2)
     assert sorted(list(ranks[0]) + list(ranks[1])) == list(range(10))
+
+
+class _SlowEpochs(ember.Callback):
+    """Makes every epoch seem to last 1000 s to the time budget, and records history.json."""
+
+    def __init__(self, clock, raise_at=None):
+        self.clock, self.raise_at, self.seen = clock, raise_at, []
+
+    def on_train_epoch_start(self, trainer, module):
+        self.clock.now += 1000.0
+        path = trainer.log_dir / "history.json"
+        self.seen.append(json.loads(path.read_text())["epochs"] if path.exists() else None)
+
+    def on_epoch_end(self, trainer, module, logs):
+        if trainer.current_epoch == self.raise_at:
+            raise RuntimeError("stop here")
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_history_json_follows_every_epoch_when_epochs_outlast_its_budget(
+    blobs, tmp_path, monkeypatch
+):
+    clock = _Clock()
+    monkeypatch.setattr(budget, "time", clock)
+    slow = _SlowEpochs(clock)
+    x, y = blobs
+    trainer = _trainer(max_epochs=3, default_root_dir=tmp_path, callbacks=[slow])
+    history = trainer.fit(_net(), make_loader(x, y, batch_size=40))
+    assert slow.seen == [None, [0], [0, 1]]
+    assert json.loads((trainer.log_dir / "history.json").read_text()) == history.state_dict()
+
+
+def test_history_json_is_complete_when_fit_fails(blobs, tmp_path, monkeypatch):
+    # Epochs too short for the budget (the clock stands still): no write during training, and
+    # still every finished epoch on disk when a callback stops fit with an error.
+    monkeypatch.setattr(budget, "time", _Clock())
+    x, y = blobs
+    trainer = _trainer(
+        max_epochs=5, default_root_dir=tmp_path, callbacks=[_SlowEpochs(_Clock(), raise_at=2)]
+    )
+    with pytest.raises(CallbackError, match="stop here"):
+        trainer.fit(_net(), make_loader(x, y, batch_size=40))
+    assert json.loads((trainer.log_dir / "history.json").read_text())["epochs"] == [0, 1, 2]
