@@ -25,7 +25,7 @@ class TimeBudget:
         clock: a monotonic clock in seconds (default `time.perf_counter`).
 
     Example:
-        >>> budget = TimeBudget(0.002)
+        >>> budget = TimeBudget(0.001)
         >>> if budget.due():
         ...     with budget.timed():
         ...         write_histograms()

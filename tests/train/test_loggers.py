@@ -125,7 +125,7 @@ class _TickingClock:
 def test_default_histograms_keep_to_their_time_budget_first_and_last_epoch_always(
     tmp_path, monkeypatch
 ):
-    # Epochs far shorter than 500x the histograms' cost: the default budget (0.2% of the time)
+    # Epochs far shorter than 1000x the histograms' cost: the default budget (0.1% of the time)
     # skips the epochs in between, never the first or the last.
     monkeypatch.setattr(budget, "time", _TickingClock())
     model, trainer, _ = _fit(tmp_path, epochs=6)
