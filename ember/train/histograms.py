@@ -19,8 +19,8 @@ class Histogram:
     num: int
     sum: float
     sum_squares: float
-    bucket_limits: list[float]
-    bucket_counts: list[float]
+    bucket_limit: list[float]  # upper edge of each bucket
+    bucket: list[float]  # count in each bucket
 
 
 def histograms(tensors: list[torch.Tensor], bins: int = 30) -> list[Histogram | None]:

@@ -205,16 +205,8 @@ class TensorBoardLogger(Logger):
         for tag, h in zip(tags, histograms(tensors, bins=_HISTOGRAM_BINS)):
             if h is None:  # no finite value: the other histograms are still written
                 continue
-            proto = HistogramProto(
-                min=h.min,
-                max=h.max,
-                num=h.num,
-                sum=h.sum,
-                sum_squares=h.sum_squares,
-                bucket_limit=h.bucket_limits,
-                bucket=h.bucket_counts,
-            )
-            values.append(Summary.Value(tag=tag, histo=proto))
+            # Histogram's fields are HistogramProto's, one for one.
+            values.append(Summary.Value(tag=tag, histo=HistogramProto(**vars(h))))
         if values:
             self._writer.file_writer.add_summary(Summary(value=values), step)
 

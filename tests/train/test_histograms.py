@@ -17,24 +17,24 @@ def test_matches_histc_sum_and_squares_for_each_tensor():
         assert (h.min, h.max, h.num) == (lo, hi, t.numel())
         expected = torch.histc(flat, bins=30, min=lo, max=hi)
         # Values exactly on a bucket edge may fall either side in float32: allow one move per edge.
-        assert sum(h.bucket_counts) == t.numel()
-        assert (torch.tensor(h.bucket_counts) - expected).abs().sum() <= 2
-        assert h.bucket_limits[-1] == pytest.approx(hi)
-        assert len(h.bucket_limits) == 30
+        assert sum(h.bucket) == t.numel()
+        assert (torch.tensor(h.bucket) - expected).abs().sum() <= 2
+        assert h.bucket_limit[-1] == pytest.approx(hi)
+        assert len(h.bucket_limit) == 30
         assert h.sum == pytest.approx(flat.sum().item(), rel=1e-5, abs=1e-5)
         assert h.sum_squares == pytest.approx(flat.square().sum().item(), rel=1e-5)
 
 
 def test_constant_tensor_gives_one_bucket():
     (h,) = histograms([torch.full((5,), 2.0)])
-    assert (h.min, h.max, h.num, h.bucket_limits, h.bucket_counts) == (2.0, 2.0, 5, [2.0], [5.0])
+    assert (h.min, h.max, h.num, h.bucket_limit, h.bucket) == (2.0, 2.0, 5, [2.0], [5.0])
 
 
 def test_non_finite_values_are_left_out_and_all_nan_gives_none():
     t = torch.tensor([1.0, float("nan"), 3.0, float("inf"), 2.0])
     h, empty, ok = histograms([t, torch.full((3,), float("nan")), torch.arange(4.0)])
     assert (h.min, h.max, h.num) == (1.0, 3.0, 3)
-    assert sum(h.bucket_counts) == 3 and math.isfinite(h.sum)
+    assert sum(h.bucket) == 3 and math.isfinite(h.sum)
     assert empty is None
     assert (ok.min, ok.max, ok.num) == (0.0, 3.0, 4)
 
