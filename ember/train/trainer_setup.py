@@ -143,7 +143,7 @@ def nan_message(loss: torch.Tensor, epoch: int, batch_idx: int) -> str:
         'The loss is nan at epoch 1, batch 3'
     """
     return (
-        f"The loss is {float(loss)} at epoch {epoch + 1}, batch {batch_idx}: training stopped. "
+        f"The loss is {float(loss.detach())} at epoch {epoch + 1}, batch {batch_idx}: training stopped. "
         "Lower the learning rate, clip gradients (gradient_clip_val=1.0) or check the data for NaN; "
         "pass Trainer(terminate_on_nan=False) to continue anyway."
     )
