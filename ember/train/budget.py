@@ -16,7 +16,8 @@ class TimeBudget:
     `share`, so it takes about `share` of the wall time at most. With epochs that last much
     longer than the work, that is every epoch; with very short ones (a small model on a small
     dataset) only every few epochs, instead of costing more than the training itself. The first
-    call is always due.
+    two runs are always due: the first is warm-up (imports, first kernel calls) and its cost
+    would overstate the wait.
 
     Args:
         share: the largest fraction of wall time the work may take, in (0, 1]; None makes it due
@@ -46,8 +47,9 @@ class TimeBudget:
             )
         self.share = share
         self._clock = clock or time.perf_counter
-        self._cost: float | None = None  # seconds the last run took
+        self._cost: float | None = None  # seconds the last run took (None: not known yet)
         self._end = 0.0  # when it ended
+        self._runs = 0
 
     def due(self) -> bool:
         """Whether running the work now keeps it within its share of time."""
@@ -63,4 +65,6 @@ class TimeBudget:
             yield
         finally:
             self._end = self._clock()
-            self._cost = self._end - start
+            self._runs += 1
+            if self._runs > 1:  # the first run is warm-up: its cost does not set the wait
+                self._cost = self._end - start

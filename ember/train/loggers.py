@@ -106,8 +106,8 @@ class TensorBoardLogger(Logger):
         histogram_every_n_epochs: weight and gradient histograms every n epochs (0 disables).
         histogram_budget: the largest share of training time histograms may take (0.001 = 0.1%).
             When epochs are much shorter than the histograms' cost allows, some epochs get none
-            (the last epoch of `fit` always does); None writes them every n epochs whatever
-            they cost.
+            (the first two and the last epoch of `fit` always do); None writes them every n
+            epochs whatever they cost.
         log_graph: write the model graph (traced with the first batch).
         flush_secs: events reach the file at most this long after they are logged (a running
             `tensorboard` shows them then); the flush after each epoch is skipped until this long
