@@ -60,6 +60,13 @@ class Callback:
 
     def on_exception(self, trainer: Trainer, module: Any, error: BaseException) -> None: ...
 
+    def uses_hook(self, hook: str) -> bool:
+        """Whether the Trainer calls `hook` on this callback: by default, when the class overrides it.
+
+        Override to skip a hook a setting makes a no-op (the per-batch hook runs every step).
+        """
+        return getattr(type(self), hook) is not getattr(Callback, hook)
+
     def state_dict(self) -> dict:
         """State saved in checkpoints (tensors, numbers, strings, lists, dicts)."""
         return {}
@@ -72,13 +79,9 @@ class CallbackRunner:
 
     def __init__(self, callbacks: list[Callback]) -> None:
         self.callbacks = list(callbacks)
-        # Only callbacks that override a hook are called: the per-batch hook stays cheap.
+        # Only callbacks that use a hook are called: the per-batch hook stays cheap.
         self._by_hook = {
-            hook: [
-                cb
-                for cb in self.callbacks
-                if getattr(type(cb), hook) is not getattr(Callback, hook)
-            ]
+            hook: [(cb, getattr(cb, hook)) for cb in self.callbacks if cb.uses_hook(hook)]
             for hook in HOOKS
         }
 
@@ -86,9 +89,9 @@ class CallbackRunner:
         return bool(self._by_hook[hook])
 
     def call(self, hook: str, *args: Any) -> None:
-        for cb in self._by_hook[hook]:
+        for cb, method in self._by_hook[hook]:
             try:
-                getattr(cb, hook)(*args)
+                method(*args)
             except CallbackError:
                 raise
             except Exception as exc:

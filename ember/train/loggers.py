@@ -109,9 +109,10 @@ class TensorBoardLogger(Logger):
             (the first two and the last epoch of `fit` always do); None writes them every n
             epochs whatever they cost.
         log_graph: write the model graph (traced with the first batch).
-        flush_secs: events reach the file at most this long after they are logged (a running
-            `tensorboard` shows them then); the flush after each epoch is skipped until this long
-            has passed since the last one. `fit` ends with everything written.
+        flush_secs: scalars are kept and written to the file in one batch at most this often
+            (a running `tensorboard` shows them then): the first log call or epoch end after
+            this long since the last write writes them. 0 writes each at once. `fit` ends with
+            everything written, also when it fails.
 
     Example:
         >>> ember.Trainer(logger=TensorBoardLogger("runs", name="digits"))
@@ -139,6 +140,7 @@ class TensorBoardLogger(Logger):
             )
         self.flush_secs = flush_secs
         self._flushed = 0.0  # time.monotonic() of the last flush
+        self._pending: list[tuple[int, dict[str, float]]] = []  # scalars not yet written
         self._writer = None
         self._hparams: dict = {}
 
@@ -161,12 +163,21 @@ class TensorBoardLogger(Logger):
         self._hparams = {k: _hparam_value(v) for k, v in params.items()}
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        # Kept, then written in a batch every `flush_secs`: right after a training step an event
+        # written alone costs ~0.1 ms (cold caches), in a batch a tenth of that.
+        self._pending.append((step, dict(metrics)))
+        if time.monotonic() - self._flushed >= self.flush_secs:
+            self.flush()
+
+    def _write_pending(self) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        # One event holding every value (what add_scalar writes, one record instead of one each).
-        values = [Summary.Value(tag=k, simple_value=float(v)) for k, v in metrics.items()]
-        if values:
-            self._writer.file_writer.add_summary(Summary(value=values), step)
+        pending, self._pending = self._pending, []
+        for step, metrics in pending:
+            # One event holding every value (what add_scalar writes, one record instead of one each).
+            values = [Summary.Value(tag=k, simple_value=float(v)) for k, v in metrics.items()]
+            if values:
+                self._writer.file_writer.add_summary(Summary(value=values), step)
 
     def log_graph(self, model: nn.Module, example_input: Any) -> None:
         if not self.log_graph_enabled:
@@ -210,10 +221,13 @@ class TensorBoardLogger(Logger):
         if values:
             self._writer.file_writer.add_summary(Summary(value=values), step)
 
-    def flush(self) -> None:
-        # Each flush waits for the writer thread to drain its queue (~0.2 ms): worth it only
-        # once `flush_secs` have passed, which the writer thread also checks on its own.
-        if self._writer is not None and time.monotonic() - self._flushed >= self.flush_secs:
+    def flush(self, force: bool = False) -> None:
+        # Writing waits for the writer thread to drain its queue (~0.2 ms): worth it only once
+        # `flush_secs` have passed (the writer thread also flushes the file on its own).
+        if self._writer is None:
+            return
+        if force or time.monotonic() - self._flushed >= self.flush_secs:
+            self._write_pending()
             self._writer.flush()
             self._flushed = time.monotonic()
 
@@ -229,7 +243,7 @@ class TensorBoardLogger(Logger):
                 self._writer.file_writer.add_summary(summary)
             for k, v in metrics.items():
                 self._writer.add_scalar(k, v, 0)
-        self._writer.flush()
+        self.flush(force=True)
         self._writer.close()
         self._writer = None
 

@@ -135,6 +135,9 @@ def batch_mover(device: torch.device):
 
 
 def batch_size(batch: Any) -> int:
+    """The number of samples in a batch: the first dimension of its first tensor (1 if none)."""
+    if type(batch) in (list, tuple) and batch and type(batch[0]) is torch.Tensor:
+        return batch[0].shape[0] if batch[0].ndim else 1  # the usual (x, y): checked first
     while isinstance(batch, (list, tuple)) and batch:
         batch = batch[0]
     if isinstance(batch, dict) and batch:
@@ -185,22 +188,34 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def epoch_info(trainer: Trainer, program: Program) -> dict[str, Any]:
+def norm_tags(module: torch.nn.Module) -> list[tuple[str, str, torch.nn.Parameter]]:
+    """Per parameter: the tags of its weight and gradient norms, and the parameter.
+
+    Built once per fit (after sharding, which replaces the parameters), read after every epoch.
+    """
+    return [(f"norm/weight/{n}", f"norm/grad/{n}", p) for n, p in module.named_parameters()]
+
+
+def epoch_info(trainer: Trainer, tags: list[tuple[str, str, torch.nn.Parameter]]) -> dict[str, Any]:
+    """The epoch's time, throughput and the norms of every weight and gradient (`norm_tags`)."""
     seconds = time.monotonic() - trainer._epoch_start
     names, tensors = [], []
-    for name, p in program.module.named_parameters():
-        names.append(f"norm/weight/{name}")
-        tensors.append(_full(p.detach()).float())
+    for weight_tag, grad_tag, p in tags:
+        names.append(weight_tag)
+        tensors.append(p)
         if p.grad is not None:
-            names.append(f"norm/grad/{name}")
-            tensors.append(_full(p.grad.detach()).float())
-    # One fused kernel and one read for every norm: this runs after every epoch.
-    values = torch.stack(torch._foreach_norm(tensors)).tolist() if tensors else []
-    norms = dict(zip(names, values))
+            names.append(grad_tag)
+            tensors.append(p.grad)
+    values = []
+    with torch.no_grad():
+        if trainer.strategy.shards_parameters:
+            tensors = [_full(t) for t in tensors]
+        if tensors:  # one fused kernel and one read for every norm, in fp32
+            values = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).tolist()
     return {
         "epoch_time": seconds,
         "samples_per_sec": trainer._epoch_samples / seconds if seconds > 0 else 0.0,
-        "norms": norms,
+        "norms": dict(zip(names, values)),
     }
 
 

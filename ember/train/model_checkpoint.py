@@ -85,6 +85,11 @@ class ModelCheckpoint(Callback):
         if self.dirpath is None:
             self.dirpath = trainer.log_dir / "checkpoints"
 
+    def uses_hook(self, hook: str) -> bool:
+        if hook == "on_train_batch_end":  # called every step: only for mid-epoch saves
+            return self.every_n_train_steps is not None
+        return super().uses_hook(hook)
+
     def on_train_batch_end(self, trainer: Trainer, module: Any, logs: dict, batch_idx: int) -> None:
         n = self.every_n_train_steps
         if n and trainer.global_step % n == 0 and trainer.at_step_boundary:

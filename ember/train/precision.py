@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -75,6 +76,17 @@ class Precision:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def wrap_step(self, step: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """`step` running under `autocast()`; for "32", `step` itself (no context per batch)."""
+        if self.dtype is None:
+            return step
+
+        def autocast_step(batch: Any) -> Any:
+            with self.autocast():
+                return step(batch)
+
+        return autocast_step
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -27,7 +28,8 @@ class Program:
             )
         self.module = module
         self.forward_module: nn.Module = module
-        self.train_step = _method(module, "train_step", steps.default_train_step)
+        # None: the default step, which the Trainer binds to the compile config when fit starts.
+        self.train_step = _override(module, "train_step")
         self.validation_step = _method(module, "validation_step", steps.default_validation_step)
         self.predict_step = _method(module, "predict_step", steps.default_predict_step)
 
@@ -106,10 +108,17 @@ def _normalize(result: Any) -> tuple[torch.optim.Optimizer, Any, str, str]:
 
 
 def _method(module: nn.Module, name: str, default: Any) -> Any:
+    return _override(module, name) or functools.partial(default, module)
+
+
+def _override(module: nn.Module, name: str) -> Any:
+    """`module.<name>` when the module defines it (ember.Model's defaults do not count), else None."""
+    from ember.model import Model  # lazy: ember.model imports this package
+
     bound = getattr(module, name, None)
-    if bound is not None:
-        return bound
-    return lambda batch: default(module, batch)
+    if bound is None or getattr(bound, "__func__", None) is getattr(Model, name):
+        return None
+    return bound
 
 
 def _name(obj: Any) -> str:

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,7 @@ from ember import losses
 
 __all__ = [
     "CompileConfig",
+    "bind_train_step",
     "compile",
     "default_train_step",
     "default_validation_step",
@@ -159,11 +162,27 @@ def build_metrics(cfg: CompileConfig, device: torch.device) -> dict:
 
 def default_train_step(module: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
     """Forward, loss and metric update on one batch; returns {"loss": loss} (graph attached)."""
-    cfg = _require_config(module)
+    return _train_step(module, _require_config(module), batch)
+
+
+def bind_train_step(module: nn.Module) -> Callable[[Any], dict[str, torch.Tensor]]:
+    """`default_train_step` for `module`, its compile config looked up once, not per batch.
+
+    The Trainer calls this when a fit starts and the result once per batch.
+
+    Example:
+        >>> step = bind_train_step(ember.compile(torch.nn.Linear(4, 2), "adam", "cross_entropy"))
+        >>> step((torch.zeros(8, 4), torch.zeros(8, dtype=torch.long)))["loss"].shape
+        torch.Size([])
+    """
+    return functools.partial(_train_step, module, _require_config(module))
+
+
+def _train_step(module: nn.Module, cfg: CompileConfig, batch: Any) -> dict[str, torch.Tensor]:
     x, y = split_batch(batch)
     if y is None:
         raise ValueError("The training data has no targets: pass `y` or a Dataset yielding (x, y).")
-    pred = _forward(module, x)
+    pred = module(*x) if isinstance(x, tuple) else module(x)
     loss = cfg.loss_fn(pred, y)
     if cfg.metrics:
         _update_metrics(cfg, "train", pred, y)

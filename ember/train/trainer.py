@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ember.train import evaluation, loop_state, trainer_setup
+from ember.train import evaluation, loop_state, steps, trainer_setup
 from ember.train.budget import TimeBudget
 from ember.train.callbacks import Callback, CallbackRunner
 from ember.train.distributed import get_strategy
@@ -221,7 +221,10 @@ class Trainer:
         self._program = program
         loop_state.materialize(program.module, train_loader, self.device)
         program.forward_module = self.strategy.setup_module(program.module)
-        program.train_step = self.strategy.wrap_step(program.module, program.train_step)
+        self._norm_tags = loop_state.norm_tags(program.module)
+        step = program.train_step or steps.bind_train_step(program.module)
+        step = self.strategy.wrap_step(program.module, step)
+        program.train_step = self.precision.wrap_step(step)
         if self.compile:
             program.module.compile()
         self.optimizer, self.scheduler, self.scheduler_interval, self.scheduler_monitor = (
@@ -240,21 +243,25 @@ class Trainer:
         module, runner = program.module, self._runner
         loop_state.begin_epoch(self, loader)
         module.train()
-        runner.call("on_train_epoch_start", self, program.module)
+        runner.call("on_train_epoch_start", self, module)
+        # Read once: on a small model every lookup or call per batch costs about 0.1 %.
         per_batch = runner.has("on_train_batch_end")
-        acc, optimizer, precision = self.accumulate_grad_batches, self.optimizer, self.precision
-        to_device = loop_state.batch_mover(self.device)
-        start_batch = self.batch_in_epoch
-        check_nan, log_every = self.terminate_on_nan, self.log_every_n_steps
-        on_cpu = self.device.type == "cpu"
-        for batch_idx, batch in enumerate(loader, start=start_batch):
-            if self.limit_train_batches is not None and batch_idx >= self.limit_train_batches:
+        acc, optimizer, step = self.accumulate_grad_batches, self.optimizer, program.train_step
+        limit, check_nan, log_every = (
+            self.limit_train_batches,
+            self.terminate_on_nan,
+            self.log_every_n_steps,
+        )
+        on_cpu, num_batches = self.device.type == "cpu", self.num_train_batches
+        to_device, backward = loop_state.batch_mover(self.device), self.precision.backward
+        for batch_idx, batch in enumerate(loader, start=self.batch_in_epoch):
+            if limit is not None and batch_idx >= limit:
                 break
-            batch = to_device(batch)
+            if not on_cpu:  # data loaders produce CPU tensors
+                batch = to_device(batch)
             if batch_idx % acc == 0:
                 optimizer.zero_grad(set_to_none=True)
-            with precision.autocast():
-                logs = program.train_step(batch)
+            logs = step(batch)  # under autocast in mixed precision (Precision.wrap_step)
             loss, n = logs["loss"], loop_state.batch_size(batch)
             if on_cpu:  # one scalar read per step, free on CPU: checks and sums the loss
                 value = loss.item()
@@ -265,16 +272,14 @@ class Trainer:
                 if check_nan and batch_idx % log_every == 0 and not math.isfinite(loss.item()):
                     raise FloatingPointError(nan_message(loss, self.current_epoch, batch_idx))
                 self._epoch_loss_sum += loss.detach() * n
-            precision.backward(loss / acc if acc > 1 else loss)
+            backward(loss / acc if acc > 1 else loss)
             self._epoch_samples += n
-            self.batch_in_epoch = batch_idx + 1
-            self.at_step_boundary = (
-                self.batch_in_epoch % acc == 0 or self.batch_in_epoch == self.num_train_batches
-            )
+            self.batch_in_epoch = done = batch_idx + 1
+            self.at_step_boundary = done % acc == 0 or done == num_batches
             if self.at_step_boundary:
                 self._optimizer_step(program, loss)
             if per_batch:
-                runner.call("on_train_batch_end", self, program.module, logs, batch_idx)
+                runner.call("on_train_batch_end", self, module, logs, batch_idx)
             if self.max_steps is not None and self.global_step >= self.max_steps:
                 self.should_stop = True
                 break
@@ -302,7 +307,7 @@ class Trainer:
             logs.update({f"val_{k}": v for k, v in val_logs.items()})
             self._runner.call("on_validation_end", self, program.module, logs)
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
-        info = loop_state.epoch_info(self, program)
+        info = loop_state.epoch_info(self, self._norm_tags)
         self.history.append(self.current_epoch, logs, info)
         self.logged_metrics.update(logs)
         self.log_metrics({**logs, **info["norms"]}, step=self.current_epoch)

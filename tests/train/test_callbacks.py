@@ -344,3 +344,26 @@ def test_callbacks_must_be_callback_objects():
         TypeError, match="Every callback must be an ember Callback. Received: 'stop'"
     ):
         ember.Trainer(callbacks=["stop"])
+
+
+def test_uses_hook_skips_a_hook_a_setting_turns_off():
+    class Counts(Callback):
+        def __init__(self, per_batch):
+            self.per_batch, self.batches, self.epochs = per_batch, 0, 0
+
+        def uses_hook(self, hook):
+            return self.per_batch if hook == "on_train_batch_end" else super().uses_hook(hook)
+
+        def on_train_batch_end(self, trainer, module, logs, batch_idx):
+            self.batches += 1
+
+        def on_epoch_end(self, trainer, module, logs):
+            self.epochs += 1
+
+    on, off = Counts(per_batch=True), Counts(per_batch=False)
+    _fit(_model(), [on, off], epochs=1)
+    assert (on.batches, on.epochs) == (4, 1)
+    assert (off.batches, off.epochs) == (0, 1)
+    assert not Callback().uses_hook("on_epoch_end")  # not overridden: never called
+    assert not ember.ModelCheckpoint().uses_hook("on_train_batch_end")
+    assert ember.ModelCheckpoint(every_n_train_steps=5).uses_hook("on_train_batch_end")

@@ -271,6 +271,32 @@ def test_flush_secs_zero_puts_each_epoch_on_disk_before_the_next(tmp_path):
     assert reader.seen == [[], [0], [0, 1]]
 
 
+def test_scalars_wait_for_flush_secs_and_fit_ends_with_all_written(tmp_path):
+    reader = _ReadsEvents()
+    logger = TensorBoardLogger(tmp_path, flush_secs=3600)
+    _, _, history = _fit(tmp_path, logger=logger, callbacks=[reader])
+    assert reader.seen == [[], [], []]  # kept in memory while fit runs: one write an hour
+    steps, values = zip(*_scalars(_events(logger.log_dir), "loss"))
+    assert steps == (0, 1, 2)
+    assert values == pytest.approx(history.history["loss"])
+
+
+class _FailsAtEpoch(ember.Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("boom")
+
+
+def test_scalars_kept_for_flush_secs_are_written_when_fit_fails(tmp_path):
+    logger = TensorBoardLogger(tmp_path, flush_secs=3600)
+    with pytest.raises(ember.train.CallbackError, match="boom"):
+        _fit(tmp_path, logger=logger, callbacks=[_FailsAtEpoch(2)])
+    assert [step for step, _ in _scalars(_events(logger.log_dir), "loss")] == [0, 1]
+
+
 @pytest.mark.parametrize("value", [-1, "2"])
 def test_flush_secs_must_be_seconds(tmp_path, value):
     with pytest.raises(ValueError, match=rf"Received: flush_secs={value!r}"):

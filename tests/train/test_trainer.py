@@ -119,6 +119,33 @@ def test_mixed_precision_trains_on_cpu(blobs, precision):
     assert all(p.dtype == torch.float32 for p in net.parameters())
 
 
+@pytest.mark.parametrize(
+    "precision, autocast",
+    [("32", None), ("bf16-mixed", torch.bfloat16), ("16-mixed", torch.float16)],
+)
+def test_the_train_step_runs_under_autocast_in_mixed_precision(blobs, precision, autocast):
+    seen = []
+
+    class Net(ember.Model):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.body(x)
+
+        def train_step(self, batch):
+            on = torch.is_autocast_enabled("cpu")
+            seen.append(torch.get_autocast_dtype("cpu") if on else None)
+            return super().train_step(batch)
+
+    net = Net()
+    net.compile("sgd", "cross_entropy", lr=0.1)
+    x, y = blobs
+    _trainer(max_epochs=1, precision=precision).fit(net, make_loader(x, y, batch_size=60))
+    assert seen and set(seen) == {autocast}
+
+
 def test_seed_makes_runs_reproducible(blobs):
     x, y = blobs
     nets = []
@@ -230,3 +257,9 @@ def test_history_json_is_complete_when_fit_fails(blobs, tmp_path, monkeypatch):
     with pytest.raises(CallbackError, match="stop here"):
         trainer.fit(_net(), make_loader(x, y, batch_size=40))
     assert json.loads((trainer.log_dir / "history.json").read_text())["epochs"] == [0, 1, 2]
+
+
+def test_an_uncompiled_module_is_refused_before_training(blobs):
+    x, y = blobs
+    with pytest.raises(RuntimeError, match=r"Linear is not compiled: call model.compile\("):
+        _trainer(max_epochs=1).fit(nn.Linear(4, 3), make_loader(x, y, batch_size=60))
