@@ -1,7 +1,9 @@
-"""A rich progress bar for training: ETA, loss and metrics; plain lines when output is not a TTY."""
+"""A progress bar for training: ETA, loss and metrics; plain lines when output is not a terminal."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -11,7 +13,9 @@ from ember.train.callbacks import Callback
 if TYPE_CHECKING:
     from ember.train.trainer import Trainer
 
-__all__ = ["ProgressBar", "format_logs"]
+__all__ = ["ProgressBar", "format_logs", "render_bar"]
+
+_BAR_WIDTH = 30  # the widest bar, in characters
 
 
 def format_logs(logs: dict) -> str:
@@ -23,20 +27,53 @@ def format_logs(logs: dict) -> str:
     return " - ".join(parts)
 
 
+def render_bar(
+    description: str,
+    completed: int,
+    total: int | None,
+    elapsed: float,
+    remaining: float | None,
+    metrics: str,
+    width: int,
+) -> str:
+    """One line of at most `width` characters: description, bar, count, time, metrics.
+
+    The bar is left out when `total` is unknown or the line has no room for it.
+
+    Example:
+        >>> render_bar("Epoch 1/5", 15, 45, 1.2, 2.4, "loss: 0.5", 80)
+        'Epoch 1/5 ━━━━━━━━━━──────────────────── 15/45 0:00:01<0:00:02 loss: 0.5'
+    """
+    count = f"{completed}/{total}" if total else str(completed)
+    eta = "" if remaining is None else f"<{_clock(remaining)}"
+    right = f"{count} {_clock(elapsed)}{eta} {metrics}".rstrip()
+    bar_width = min(_BAR_WIDTH, width - len(description) - len(right) - 2)
+    if not total or bar_width < 10:
+        return f"{description} {right}"[:width]
+    filled = round(bar_width * min(completed, total) / total)
+    return f"{description} {'━' * filled}{'─' * (bar_width - filled)} {right}"
+
+
 class ProgressBar(Callback):
     """Show progress per epoch. Added by the Trainer unless `enable_progress_bar=False`.
 
+    In a terminal the running epoch is one line redrawn in place, e.g.
+    `Epoch 3/15 ━━━━━━━━━━━━━━━━──────── 23/45 0:00:01<0:00:01 loss: 0.1234`,
+    which gives way to the epoch's line when it ends:
+    `Epoch 3/15 - 2.1s - loss: 0.1234 - val_loss: 0.2345`. Anywhere else (a log file, a pipe,
+    CI, `TERM=dumb`) only the epoch lines are written. Only the first process of a
+    distributed run writes.
+
     Args:
-        refresh_interval: seconds between bar redraws. Between them a step costs one clock read;
-            a redraw costs about a millisecond of rich layout, so 2 per second keep the bar's
-            cost near 0.1% of training time.
-        stream: where to write; default stdout. A non-TTY stream gets one plain line per epoch.
+        refresh_interval: seconds between redraws. Between them a step costs one clock read;
+            a redraw (one short line written) costs tens of microseconds.
+        stream: where to write; default stdout.
 
     Example:
         >>> ember.Trainer(callbacks=[ProgressBar(refresh_interval=0.5)])
     """
 
-    def __init__(self, refresh_interval: float = 0.5, stream: Any = None) -> None:
+    def __init__(self, refresh_interval: float = 0.2, stream: Any = None) -> None:
         if not isinstance(refresh_interval, (int, float)) or refresh_interval < 0:
             raise ValueError(
                 "Received an invalid value for `refresh_interval`, expected seconds >= 0. "
@@ -44,93 +81,92 @@ class ProgressBar(Callback):
             )
         self.refresh_interval = refresh_interval
         self.stream = stream
-        self._progress = None
-        self._task = None
+        self._out: Any = None  # the stream while fit runs on the first process, else None
+        self._live = False  # whether the bar is drawn (the stream is a terminal)
+        self._drawn = 0  # characters of the bar now on screen (0: none)
+        self._width = 80
         self._next = 0.0
         self._epoch_start = 0.0
+        self._first_batch = 0
 
     def on_fit_start(self, trainer: Trainer, module: Any) -> None:
-        from rich.console import Console  # lazy: rich is only needed when a bar is shown
-
-        stream = self.stream or sys.stdout
-        # Other ranks of a distributed run stay quiet: one bar, one set of lines.
-        self._console = Console(file=stream, highlight=False, quiet=not trainer.is_global_zero)
-        if (
-            trainer.is_global_zero
-            and self._console.is_terminal
-            and not self._console.is_dumb_terminal
-        ):
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[metrics]}"),
-                console=self._console,
-                # Drawn from the training thread at `refresh_interval`: a background refresh
-                # thread would contend with the training loop for the GIL.
-                auto_refresh=False,
-                transient=True,
-            )
+        self._out = (self.stream or sys.stdout) if trainer.is_global_zero else None
+        self._live = self._out is not None and _is_terminal(self._out)
 
     def on_train_epoch_start(self, trainer: Trainer, module: Any) -> None:
         self._epoch_start = time.monotonic()
         self._next = self._epoch_start + self.refresh_interval
-        if self._progress is not None:
-            desc = f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs or '?'}"
-            # The live bar starts at the first redraw: an epoch shorter than `refresh_interval`
-            # costs no drawing at all, only its line at the end.
-            self._task = self._progress.add_task(
-                desc, total=trainer.num_train_batches, metrics="", completed=trainer.batch_in_epoch
-            )
+        self._first_batch = trainer.batch_in_epoch  # a resumed epoch starts part-way
+        if self._live:  # read per epoch: the window may have been resized
+            self._width = _terminal_width(self._out)
 
     def on_train_batch_end(self, trainer: Trainer, module: Any, logs: dict, batch_idx: int) -> None:
-        if self._progress is None:
+        if not self._live:
             return
         now = time.monotonic()
         if now < self._next:
             return
         self._next = now + self.refresh_interval
-        if not self._progress.live.is_started:
-            self._progress.start()
-        self._progress.update(
-            self._task,
-            completed=batch_idx + 1,
-            metrics=f"loss: {logs['loss'].item():.4g}",
-            refresh=True,
-        )
+        self._draw(trainer, batch_idx + 1, now - self._epoch_start, logs["loss"].item())
 
     def on_epoch_end(self, trainer: Trainer, module: Any, logs: dict) -> None:
+        if self._out is None:
+            return
         seconds = time.monotonic() - self._epoch_start
         epochs = trainer.max_epochs or "?"
         line = f"Epoch {trainer.current_epoch + 1}/{epochs} - {seconds:.1f}s - {format_logs(logs)}"
-        if self._progress is not None:  # the bar (transient) gives way to the epoch's line
-            self._progress.stop()
-            self._progress.remove_task(self._task)
-            self._task = None
-        # One line per epoch, in a terminal as in log files, however many metrics. Written as
-        # is: the live bar is stopped, and rich's rendering of a plain line costs ~0.1 ms.
-        if not self._console.quiet:
-            self._console.file.write(line + "\n")
-            self._console.file.flush()
+        self._out.write(self._cleared() + line + "\n")
+        self._out.flush()
 
     def on_fit_end(self, trainer: Trainer, module: Any) -> None:
-        self._stop()
+        self._clear()
 
     def on_exception(self, trainer: Trainer, module: Any, error: BaseException) -> None:
-        self._stop()
+        self._clear()  # the error's message starts on an empty line
 
-    def _stop(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+    def _draw(self, trainer: Trainer, completed: int, elapsed: float, loss: float) -> None:
+        total, done = trainer.num_train_batches, completed - self._first_batch
+        remaining = elapsed / done * (total - completed) if total and done > 0 else None
+        line = render_bar(
+            f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs or '?'}",
+            completed,
+            total,
+            elapsed,
+            remaining,
+            f"loss: {loss:.4g}",
+            self._width - 1,  # the last column would wrap in some terminals
+        )
+        # Back to the line's start, then the new line, spaces over what is left of the old one.
+        self._out.write(f"\r{line}{' ' * (self._drawn - len(line))}")
+        self._out.flush()
+        self._drawn = len(line)
+
+    def _cleared(self) -> str:
+        """What erases the bar: the cursor ends at the start of an empty line."""
+        text = f"\r{' ' * self._drawn}\r" if self._drawn else ""
+        self._drawn = 0
+        return text
+
+    def _clear(self) -> None:
+        if self._out is not None and self._drawn:
+            self._out.write(self._cleared())
+            self._out.flush()
+
+
+def _is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and os.environ.get("TERM") not in ("dumb", "unknown")
+
+
+def _terminal_width(stream: Any) -> int:
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):  # not a real file
+        columns = 0
+    return columns or shutil.get_terminal_size().columns  # else $COLUMNS, else 80
+
+
+def _clock(seconds: float) -> str:
+    """H:MM:SS."""
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

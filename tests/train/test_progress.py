@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import ember
 from ember import layers
 from ember.train.callbacks import CallbackError
-from ember.train.progress import ProgressBar, format_logs
+from ember.train.progress import ProgressBar, format_logs, render_bar
 
 
 def _model():
@@ -88,34 +88,67 @@ def test_model_fit_verbose_false_is_silent(capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_rich_bar_on_a_terminal(monkeypatch):
-    for var in ("TERM", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
-        monkeypatch.delenv(var, raising=False)
+def _screen(text):
+    """What a terminal shows: each line's text after its last carriage return."""
+    return [line.split("\r")[-1] for line in text.split("\n")]
+
+
+def test_bar_on_a_terminal(monkeypatch):
     monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setenv("COLUMNS", "100")  # the stream has no terminal size: $COLUMNS is read
     stream = _Tty()
-    bar = ProgressBar(stream=stream, refresh_interval=0.0)
-    _trainer([bar]).fit(_model(), _data())
+    _trainer([ProgressBar(stream=stream, refresh_interval=0.0)]).fit(_model(), _data())
     text = stream.getvalue()
-    assert "Epoch 1/2" in text and "Epoch 2/2" in text
-    assert "4/4" in text  # the batch counter reached the end of the epoch
-    assert "loss:" in text
-    # Each finished epoch stays as one line; only the running epoch has a live bar.
-    assert re.search(r"Epoch 1/2 - \d+\.\ds - loss: ", text)
-    assert re.search(r"Epoch 2/2 - \d+\.\ds - loss: ", text)
-    assert bar._progress is None  # stopped at the end of fit
+    # Redrawn in place after every step (refresh_interval=0): bar, count, time, ETA, loss.
+    bars = re.findall(r"\rEpoch 1/2 (━*)(─*) (\d)/4 \d:\d\d:\d\d<\d:\d\d:\d\d loss: \d", text)
+    assert [int(count) for *_, count in bars] == [1, 2, 3, 4]
+    assert [len(done) for done, *_ in bars] == [8, 15, 22, 30]  # filled in proportion
+    # Each finished epoch replaces its bar with one line; nothing is left of the bars.
+    screen = _screen(text)
+    assert len(screen) == 3 and screen[2] == ""
+    for epoch, line in enumerate(screen[:2]):
+        assert re.fullmatch(
+            rf"Epoch {epoch + 1}/2 - \d+\.\ds - loss: [\d.]+ - accuracy: [\d.]+ - lr: 0.1", line
+        )
+    *_, last_bar, erased, _ = text.split("\n")[0].split("\r")
+    assert last_bar.startswith("Epoch 1/2 ━") and erased == " " * len(last_bar)
 
 
-def test_rich_bar_stops_when_training_fails(monkeypatch):
+def test_bar_is_erased_when_training_fails(monkeypatch):
     monkeypatch.setenv("TERM", "xterm-256color")
 
     class Fail(ember.Callback):
         def on_train_batch_end(self, trainer, module, logs, batch_idx):
             raise RuntimeError("stop here")
 
-    bar = ProgressBar(stream=_Tty())
+    stream = _Tty()
+    bar = ProgressBar(stream=stream, refresh_interval=0.0)
     with pytest.raises(CallbackError, match="Callback Fail failed in on_train_batch_end"):
         _trainer([bar, Fail()]).fit(_model(), _data())
-    assert bar._progress is None
+    assert "\rEpoch 1/2 " in stream.getvalue()  # the bar was drawn
+    assert _screen(stream.getvalue()) == [""]  # and erased: the error starts on an empty line
+
+
+def test_a_dumb_terminal_gets_plain_lines(monkeypatch):
+    monkeypatch.setenv("TERM", "dumb")
+    stream = _Tty()
+    _trainer([ProgressBar(stream=stream, refresh_interval=0.0)]).fit(_model(), _data())
+    assert "\r" not in stream.getvalue()
+    assert len(stream.getvalue().splitlines()) == 2
+
+
+def test_render_bar_fits_the_width():
+    line = render_bar("Epoch 1/5", 15, 45, 1.2, 2.4, "loss: 0.5", 80)
+    assert line == "Epoch 1/5 " + "━" * 10 + "─" * 20 + " 15/45 0:00:01<0:00:02 loss: 0.5"
+    assert render_bar("Epoch 1/5", 45, 45, 3723.0, 0.0, "", 80).endswith(" 45/45 1:02:03<0:00:00")
+    # No room for a bar of 10: left out; the line is cut at the width.
+    assert render_bar("Epoch 1/5", 15, 45, 1.2, 2.4, "loss: 0.5", 40) == (
+        "Epoch 1/5 15/45 0:00:01<0:00:02 loss: 0."
+    )
+    # A loader without a length: a count, no bar, no ETA.
+    assert render_bar("Epoch 1/?", 15, None, 1.2, None, "loss: 0.5", 80) == (
+        "Epoch 1/? 15 0:00:01 loss: 0.5"
+    )
 
 
 def test_refresh_interval_must_be_seconds_not_negative():
