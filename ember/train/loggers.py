@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ember.train.budget import TimeBudget
+from ember.train.budget import TimeBudget, check_seconds
 
 __all__ = ["Logger", "TensorBoardLogger", "CSVLogger", "next_version", "share_version"]
 
@@ -133,12 +133,7 @@ class TensorBoardLogger(Logger):
         self.histogram_every_n_epochs = histogram_every_n_epochs
         self._histogram_budget = TimeBudget(histogram_budget, "histogram_budget")
         self.log_graph_enabled = log_graph
-        if not isinstance(flush_secs, (int, float)) or flush_secs < 0:
-            raise ValueError(
-                "Received an invalid value for `flush_secs`, expected seconds >= 0. "
-                f"Received: flush_secs={flush_secs!r}"
-            )
-        self.flush_secs = flush_secs
+        self.flush_secs = check_seconds("flush_secs", flush_secs)
         self._flushed = 0.0  # time.monotonic() of the last flush
         self._pending: list[tuple[int, dict[str, float]]] = []  # scalars not yet written
         self._writer = None

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ember.train.budget import check_seconds
 from ember.train.callbacks import Callback, _resolve_mode, monitored_value
 
 if TYPE_CHECKING:
@@ -58,16 +59,12 @@ class ModelCheckpoint(Callback):
                 f"`every_n_train_steps` must be a positive integer or None. "
                 f"Received: every_n_train_steps={every_n_train_steps}"
             )
-        if min_interval < 0:
-            raise ValueError(
-                f"`min_interval` must be >= 0 seconds. Received: min_interval={min_interval}"
-            )
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self.filename, self.monitor = filename, monitor
         self.mode = _resolve_mode(mode, monitor or "step")
         self.save_top_k, self.save_last = save_top_k, save_last
         self.every_n_epochs, self.every_n_train_steps = every_n_epochs, every_n_train_steps
-        self.min_interval = min_interval
+        self.min_interval = check_seconds("min_interval", min_interval)
         self.best_k: list[tuple[float, str]] = []  # (score, path), best first
         self.last_model_path: str | None = None
         self._last_save: float | None = None  # time.monotonic() when the previous save ended

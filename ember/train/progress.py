@@ -8,6 +8,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from ember.train.budget import check_seconds
 from ember.train.callbacks import Callback
 
 if TYPE_CHECKING:
@@ -74,17 +75,12 @@ class ProgressBar(Callback):
     """
 
     def __init__(self, refresh_interval: float = 0.2, stream: Any = None) -> None:
-        if not isinstance(refresh_interval, (int, float)) or refresh_interval < 0:
-            raise ValueError(
-                "Received an invalid value for `refresh_interval`, expected seconds >= 0. "
-                f"Received: refresh_interval={refresh_interval!r}"
-            )
-        self.refresh_interval = refresh_interval
+        self.refresh_interval = check_seconds("refresh_interval", refresh_interval)
         self.stream = stream
         self._out: Any = None  # the stream while fit runs on the first process, else None
         self._live = False  # whether the bar is drawn (the stream is a terminal)
         self._drawn = 0  # characters of the bar now on screen (0: none)
-        self._width = 80
+        self._width: int | None = None  # the terminal's, read at the epoch's first redraw
         self._next = 0.0
         self._epoch_start = 0.0
         self._first_batch = 0
@@ -97,8 +93,7 @@ class ProgressBar(Callback):
         self._epoch_start = time.monotonic()
         self._next = self._epoch_start + self.refresh_interval
         self._first_batch = trainer.batch_in_epoch  # a resumed epoch starts part-way
-        if self._live:  # read per epoch: the window may have been resized
-            self._width = _terminal_width(self._out)
+        self._width = None  # read again: the window may have been resized
 
     def on_train_batch_end(self, trainer: Trainer, module: Any, logs: dict, batch_idx: int) -> None:
         if not self._live:
@@ -125,6 +120,8 @@ class ProgressBar(Callback):
         self._clear()  # the error's message starts on an empty line
 
     def _draw(self, trainer: Trainer, completed: int, elapsed: float, loss: float) -> None:
+        if self._width is None:
+            self._width = _terminal_width(self._out)
         total, done = trainer.num_train_batches, completed - self._first_batch
         remaining = elapsed / done * (total - completed) if total and done > 0 else None
         line = render_bar(

@@ -216,6 +216,8 @@ def test_a_filename_with_an_unknown_key(tmp_path):
         ({"save_top_k": -2}, r"`save_top_k` must be >= -1. Received: save_top_k=-2"),
         ({"every_n_train_steps": 0}, r"Received: every_n_train_steps=0"),
         ({"mode": "lowest"}, r"Unknown mode 'lowest'. Choose one of: auto, min, max"),
+        ({"min_interval": -1}, r"`min_interval`, expected seconds >= 0. Received: min_interval=-1"),
+        ({"min_interval": "10"}, r"Received: min_interval='10'"),
     ],
 )
 def test_bad_arguments(kwargs, match):
