@@ -2,7 +2,7 @@
 
 The same model (an MLP on digits (N, 64) and a small CNN on digits (N, 1, 8, 8)), the same
 initial weights, the same batches (size 32, shuffled), the same optimizer (Adam). ember runs as
-users run it in a terminal: the rich progress bar (drawn to a terminal that discards the bytes),
+users run it in a terminal: the progress bar (drawn to a terminal that discards the bytes),
 the default TensorBoard logger (per-step loss, epoch scalars and norms, weight and gradient
 histograms within their time budget, the graph), history.json within its time budget, the
 default checkpointing (`last`, refreshed at most every 10 s and at the end of fit) and the report.
@@ -121,7 +121,7 @@ class TorchLoop:
 
 
 class _Terminal(io.StringIO):
-    """A terminal that discards what it is sent: the rich bar is drawn as in a real terminal."""
+    """A terminal that discards what it is sent: the bar is drawn as in a real terminal."""
 
     def isatty(self) -> bool:
         return True
@@ -172,7 +172,7 @@ def run_round(make: Callable[[], nn.Module], x, y, epochs: int, root: str) -> di
     model = make()
     model.compile("adam", "cross_entropy", lr=LR)
     timer = _Interleaved(torch_loop)
-    # The default ProgressBar, drawing its rich bar to a terminal (rendering cost counted).
+    # The default ProgressBar, drawing its bar to a terminal (rendering cost counted).
     bar = ember.ProgressBar(stream=_Terminal())
     trainer = ember.Trainer(
         max_epochs=epochs, callbacks=[bar, timer], default_root_dir=root, seed=0
