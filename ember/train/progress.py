@@ -36,10 +36,12 @@ def render_bar(
     remaining: float | None,
     metrics: str,
     width: int,
+    chars: str = "━─",
 ) -> str:
     """One line of at most `width` characters: description, bar, count, time, metrics.
 
-    The bar is left out when `total` is unknown or the line has no room for it.
+    The bar is left out when `total` is unknown or the line has no room for it. `chars`: the
+    bar's done and to-do characters (`"#-"` for a stream that cannot encode the default).
 
     Example:
         >>> render_bar("Epoch 1/5", 15, 45, 1.2, 2.4, "loss: 0.5", 80)
@@ -52,7 +54,8 @@ def render_bar(
     if not total or bar_width < 10:
         return f"{description} {right}"[:width]
     filled = round(bar_width * min(completed, total) / total)
-    return f"{description} {'━' * filled}{'─' * (bar_width - filled)} {right}"
+    done, todo = chars
+    return f"{description} {done * filled}{todo * (bar_width - filled)} {right}"
 
 
 class ProgressBar(Callback):
@@ -81,6 +84,7 @@ class ProgressBar(Callback):
         self._live = False  # whether the bar is drawn (the stream is a terminal)
         self._drawn = 0  # characters of the bar now on screen (0: none)
         self._width: int | None = None  # the terminal's, read at the epoch's first redraw
+        self._chars = "━─"
         self._next = 0.0
         self._epoch_start = 0.0
         self._first_batch = 0
@@ -88,6 +92,7 @@ class ProgressBar(Callback):
     def on_fit_start(self, trainer: Trainer, module: Any) -> None:
         self._out = (self.stream or sys.stdout) if trainer.is_global_zero else None
         self._live = self._out is not None and _is_terminal(self._out)
+        self._chars = _bar_chars(self._out)
 
     def on_train_epoch_start(self, trainer: Trainer, module: Any) -> None:
         self._epoch_start = time.monotonic()
@@ -132,6 +137,7 @@ class ProgressBar(Callback):
             remaining,
             f"loss: {loss:.4g}",
             self._width - 1,  # the last column would wrap in some terminals
+            self._chars,
         )
         # Back to the line's start, then the new line, spaces over what is left of the old one.
         self._out.write(f"\r{line}{' ' * (self._drawn - len(line))}")
@@ -153,6 +159,15 @@ class ProgressBar(Callback):
 def _is_terminal(stream: Any) -> bool:
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty()) and os.environ.get("TERM") not in ("dumb", "unknown")
+
+
+def _bar_chars(stream: Any) -> str:
+    """Box-drawing characters, or ASCII for a stream whose encoding has none (e.g. LANG=C)."""
+    try:
+        "━─".encode(getattr(stream, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return "#-"
+    return "━─"
 
 
 def _terminal_width(stream: Any) -> int:

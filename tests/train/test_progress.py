@@ -40,6 +40,11 @@ class _Tty(io.StringIO):
         return True
 
 
+class _TtyBytes(io.BytesIO):
+    def isatty(self):
+        return True
+
+
 def test_plain_lines_when_the_stream_is_not_a_tty():
     stream = io.StringIO()
     history = _trainer([ProgressBar(stream=stream)]).fit(_model(), _data(), _data())
@@ -129,6 +134,16 @@ def test_bar_is_erased_when_training_fails(monkeypatch):
     assert _screen(stream.getvalue()) == [""]  # and erased: the error starts on an empty line
 
 
+def test_an_ascii_terminal_gets_an_ascii_bar(monkeypatch):
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("COLUMNS", "100")
+    stream = io.TextIOWrapper(_TtyBytes(), encoding="ascii", write_through=True)
+    _trainer([ProgressBar(stream=stream, refresh_interval=0.0)]).fit(_model(), _data())
+    text = stream.buffer.getvalue().decode("ascii")  # every character encoded
+    assert re.search(r"\rEpoch 1/2 #{30} 4/4 ", text)
+    assert re.search(r"\rEpoch 1/2 #{8}-{22} 1/4 ", text)
+
+
 def test_a_dumb_terminal_gets_plain_lines(monkeypatch):
     monkeypatch.setenv("TERM", "dumb")
     stream = _Tty()
@@ -141,6 +156,9 @@ def test_render_bar_fits_the_width():
     line = render_bar("Epoch 1/5", 15, 45, 1.2, 2.4, "loss: 0.5", 80)
     assert line == "Epoch 1/5 " + "━" * 10 + "─" * 20 + " 15/45 0:00:01<0:00:02 loss: 0.5"
     assert render_bar("Epoch 1/5", 45, 45, 3723.0, 0.0, "", 80).endswith(" 45/45 1:02:03<0:00:00")
+    assert render_bar("Epoch 1/5", 15, 45, 1.2, 2.4, "", 80, chars="#-").startswith(
+        "Epoch 1/5 " + "#" * 10 + "-" * 20 + " 15/45"
+    )
     # No room for a bar of 10: left out; the line is cut at the width.
     assert render_bar("Epoch 1/5", 15, 45, 1.2, 2.4, "loss: 0.5", 40) == (
         "Epoch 1/5 15/45 0:00:01<0:00:02 loss: 0."
