@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["ProgressBar", "format_logs", "render_bar"]
 
 _BAR_WIDTH = 30  # the widest bar, in characters
+_BOX_CHARS = "━─"  # the bar's done and to-do characters
 
 
 def format_logs(logs: dict) -> str:
@@ -36,7 +37,7 @@ def render_bar(
     remaining: float | None,
     metrics: str,
     width: int,
-    chars: str = "━─",
+    chars: str = _BOX_CHARS,
 ) -> str:
     """One line of at most `width` characters: description, bar, count, time, metrics.
 
@@ -84,7 +85,7 @@ class ProgressBar(Callback):
         self._live = False  # whether the bar is drawn (the stream is a terminal)
         self._drawn = 0  # characters of the bar now on screen (0: none)
         self._width: int | None = None  # the terminal's, read at the epoch's first redraw
-        self._chars = "━─"
+        self._chars = _BOX_CHARS
         self._next = 0.0
         self._epoch_start = 0.0
         self._first_batch = 0
@@ -113,16 +114,15 @@ class ProgressBar(Callback):
         if self._out is None:
             return
         seconds = time.monotonic() - self._epoch_start
-        epochs = trainer.max_epochs or "?"
-        line = f"Epoch {trainer.current_epoch + 1}/{epochs} - {seconds:.1f}s - {format_logs(logs)}"
-        self._out.write(self._cleared() + line + "\n")
+        self._erase()
+        self._out.write(f"{_title(trainer)} - {seconds:.1f}s - {format_logs(logs)}\n")
         self._out.flush()
 
     def on_fit_end(self, trainer: Trainer, module: Any) -> None:
-        self._clear()
+        self._erase()
 
     def on_exception(self, trainer: Trainer, module: Any, error: BaseException) -> None:
-        self._clear()  # the error's message starts on an empty line
+        self._erase()  # the error's message starts on an empty line
 
     def _draw(self, trainer: Trainer, completed: int, elapsed: float, loss: float) -> None:
         if self._width is None:
@@ -130,7 +130,7 @@ class ProgressBar(Callback):
         total, done = trainer.num_train_batches, completed - self._first_batch
         remaining = elapsed / done * (total - completed) if total and done > 0 else None
         line = render_bar(
-            f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs or '?'}",
+            _title(trainer),
             completed,
             total,
             elapsed,
@@ -144,16 +144,17 @@ class ProgressBar(Callback):
         self._out.flush()
         self._drawn = len(line)
 
-    def _cleared(self) -> str:
-        """What erases the bar: the cursor ends at the start of an empty line."""
-        text = f"\r{' ' * self._drawn}\r" if self._drawn else ""
-        self._drawn = 0
-        return text
-
-    def _clear(self) -> None:
-        if self._out is not None and self._drawn:
-            self._out.write(self._cleared())
+    def _erase(self) -> None:
+        """Erase the bar, if drawn: the cursor ends at the start of an empty line."""
+        if self._drawn:
+            self._out.write(f"\r{' ' * self._drawn}\r")
             self._out.flush()
+            self._drawn = 0
+
+
+def _title(trainer: Trainer) -> str:
+    """'Epoch 3/15' (the bar's and the epoch line's start)."""
+    return f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs or '?'}"
 
 
 def _is_terminal(stream: Any) -> bool:
@@ -164,10 +165,10 @@ def _is_terminal(stream: Any) -> bool:
 def _bar_chars(stream: Any) -> str:
     """Box-drawing characters, or ASCII for a stream whose encoding has none (e.g. LANG=C)."""
     try:
-        "━─".encode(getattr(stream, "encoding", None) or "utf-8")
+        _BOX_CHARS.encode(getattr(stream, "encoding", None) or "utf-8")
     except (UnicodeEncodeError, LookupError):
         return "#-"
-    return "━─"
+    return _BOX_CHARS
 
 
 def _terminal_width(stream: Any) -> int:

@@ -182,7 +182,7 @@ def _train_step(module: nn.Module, cfg: CompileConfig, batch: Any) -> dict[str, 
     x, y = split_batch(batch)
     if y is None:
         raise ValueError("The training data has no targets: pass `y` or a Dataset yielding (x, y).")
-    pred = module(*x) if isinstance(x, tuple) else module(x)
+    pred = _forward(module, x)
     loss = cfg.loss_fn(pred, y)
     if cfg.metrics:
         _update_metrics(cfg, "train", pred, y)
