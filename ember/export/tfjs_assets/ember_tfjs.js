@@ -4,6 +4,7 @@
 //   registerEmberLayers(tf)       registers EmberGRU (torch's GRU formula) before loading a model
 //   loadModel(tf, source)         tf.loadLayersModel after registering ember's layers
 //   compileForTraining(tf, model, meta, lr)   the loss that matches the model's head
+//   targets(tf, meta, labels)                 labels as that loss wants them
 //   fineTune(tf, model, meta, x, y, options)  model.fit on examples; returns the loss per epoch
 //   accuracy(tf, model, meta, x, y)           fraction of rows whose argmax equals the label
 
@@ -68,42 +69,50 @@ export async function loadModel(tf, source) {
   return tf.loadLayersModel(source);
 }
 
-// The loss ember trained with, as TF.js sees the model's head (meta is the bundle's model.json
-// "ember" section: task, output_activation, outputs).
+// The loss ember trained with, as TF.js sees the model's head (meta is the bundle's meta.json:
+// task, outputs, output_activation). Classes arrive one-hot (see targets()).
 export function lossFor(tf, meta) {
-  const classes = meta.outputs;
   if (meta.task === 'regression') return 'meanSquaredError';
-  if (classes === 1) {
-    return meta.output_activation === 'sigmoid'
-      ? 'binaryCrossentropy'
-      : (y, p) => tf.losses.sigmoidCrossEntropy(y, p);
+  const probabilities = ['softmax', 'sigmoid'].includes(meta.output_activation);
+  if (meta.outputs === 1) {
+    return probabilities ? 'binaryCrossentropy' : (y, p) => tf.losses.sigmoidCrossEntropy(y, p);
   }
-  const oneHot = (y) => tf.oneHot(tf.cast(tf.reshape(y, [-1]), 'int32'), classes);
-  if (meta.output_activation === 'softmax') {
-    return (y, p) => tf.metrics.categoricalCrossentropy(oneHot(y), p).mean();
-  }
-  return (y, p) => tf.losses.softmaxCrossEntropy(oneHot(y), p);
+  return probabilities ? 'categoricalCrossentropy' : (y, p) => tf.losses.softmaxCrossEntropy(y, p);
+}
+
+// Class labels (N,) as the loss wants them: one-hot (N, C) for several classes, (N, 1) otherwise.
+export function targets(tf, meta, labels) {
+  return tf.tidy(() => {
+    const flat = tf.reshape(labels, [-1]);
+    if (meta.task === 'regression' || meta.outputs === 1) return tf.reshape(flat, [-1, meta.outputs]);
+    return tf.oneHot(tf.cast(flat, 'int32'), meta.outputs);
+  });
 }
 
 export function compileForTraining(tf, model, meta, lr = 1e-3) {
   model.compile({ optimizer: tf.train.adam(lr), loss: lossFor(tf, meta) });
 }
 
-export async function fineTune(tf, model, meta, x, y, { epochs = 10, lr = 1e-3, batchSize = 32, onEpoch } = {}) {
+export async function fineTune(tf, model, meta, x, labels, { epochs = 10, lr = 1e-3, batchSize = 32, onEpoch } = {}) {
   compileForTraining(tf, model, meta, lr);
+  const y = targets(tf, meta, labels);
   const losses = [];
-  await model.fit(x, y, {
-    epochs,
-    batchSize,
-    shuffle: true,
-    verbose: 0,
-    callbacks: {
-      onEpochEnd: async (epoch, logs) => {
-        losses.push(logs.loss);
-        if (onEpoch) await onEpoch(epoch, logs.loss);
+  try {
+    await model.fit(x, y, {
+      epochs,
+      batchSize,
+      shuffle: true,
+      verbose: 0,
+      callbacks: {
+        onEpochEnd: async (epoch, logs) => {
+          losses.push(logs.loss);
+          if (onEpoch) await onEpoch(epoch, logs.loss);
+        },
       },
-    },
-  });
+    });
+  } finally {
+    y.dispose();
+  }
   return losses;
 }
 

@@ -35,7 +35,7 @@ if (y === null) {
   console.error(`${args[0]} has no targets: give "labels" (or "y"), one per example`);
   process.exit(2);
 }
-const classify = meta.task === 'classification';
+const classify = meta.task === 'classification' || (meta.task == null && meta.outputs > 1);
 const before = classify ? accuracy(tf, model, meta, x, y) : null;
 const start = Date.now();
 const losses = await fineTune(tf, model, meta, x, y, {
