@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import shutil
 import threading
@@ -24,6 +26,13 @@ def _wait(predicate, timeout: float = 30.0) -> None:
     while not predicate():
         assert time.time() < deadline, "condition not reached in time"
         time.sleep(0.05)
+
+
+def _fix_sha256(package, *names: str) -> None:
+    manifest = json.loads((package / "ember.json").read_text())
+    for name in names:
+        manifest["files"][name] = hashlib.sha256((package / name).read_bytes()).hexdigest()
+    (package / "ember.json").write_text(json.dumps(manifest))
 
 
 def _states(server, name: str) -> dict[int, str]:
@@ -60,10 +69,11 @@ def test_new_version_takes_traffic_with_zero_failed_requests_under_load(server, 
     assert _states(server, "half_plus_three") == {123: "END", 124: "AVAILABLE"}
 
 
-def test_corrupt_version_is_reported_and_never_serves(server, repo_dir):
-    bad = repo_dir / "mlp" / "3"
-    bad.mkdir()
+def test_corrupt_version_is_reported_and_never_serves(server, repo_dir, tmp_path):
+    bad = shutil.copytree(repo_dir / "mlp" / "1", tmp_path / "staging" / "3")
     (bad / "model.onnx").write_bytes(b"this is not an onnx model")
+    _fix_sha256(bad, "model.onnx")  # checksums right: the runtime itself must refuse the file
+    os.rename(bad, repo_dir / "mlp" / "3")
     _wait(lambda: _states(server, "mlp").get(3) == "FAILED")
     (row,) = [r for r in server.repository.status("mlp") if r["version"] == 3]
     assert "Cannot load" in row["error"]
