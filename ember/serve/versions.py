@@ -124,9 +124,11 @@ def pending_versions(layout: Layout) -> dict[str, dict[int, str]]:
 
     A version is pending, never loaded and never served, while it holds package files
     (``weights.safetensors``, ``sample.safetensors``, ``model.pt2``) but no ``ember.json``,
-    while it has no ``ember.json`` and the model's other versions are packages, or while a file
-    its ``ember.json`` lists is missing. A directory with only ``model.onnx`` in a model of
-    such directories is a bare ONNX version, never pending.
+    while it has no ``ember.json`` and the model's other versions are packages, while its
+    ``ember.json`` is not valid JSON, or while a file its ``ember.json`` lists is missing. A
+    directory with only ``model.onnx`` in a model of such directories is a bare ONNX version,
+    never pending. (A listed file whose sha256 differs fails the load, and is tried again as
+    soon as the files change.)
 
     Returns:
         ``{name: {version: reason}}`` for the pending versions.
@@ -253,11 +255,12 @@ def _pending_reason(path: Path, has_manifest: bool, siblings_packaged: bool) -> 
             return "waiting for ember.json (the other versions of this model are packages)"
         return None
     try:
-        listed = json.loads((path / "ember.json").read_text()).get("files") or {}
-    except (OSError, ValueError, AttributeError):
-        return None  # a corrupt manifest fails its load, with the reason
+        manifest = json.loads((path / "ember.json").read_text())
+    except (OSError, ValueError) as exc:  # still being written (or corrupt: the reason says)
+        return f"waiting for a complete ember.json (not valid JSON yet: {str(exc)[:200]})"
+    listed = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(listed, dict):
-        return None
+        return None  # a malformed manifest fails its load, with the reason
     missing = [n for n in listed if isinstance(n, str) and not (path / n).is_file()]
     if missing:
         return f"waiting for files listed in ember.json: {', '.join(sorted(missing)[:5])}"
