@@ -265,5 +265,8 @@ def test_slow_upload_is_pending_until_complete_and_never_unloads_the_serving_ver
         assert r.json()["model_version"] == "123"
     (row,) = [r for r in server.repository.status("half_plus_three") if r["version"] == 124]
     assert row["error"] == "waiting for files listed in ember.json: model.pt2"
+    tf = httpx.get(server.url + "/v1/models/half_plus_three/versions/124").json()
+    assert tf["model_version_status"][0]["state"] == "START"  # TF Serving's "not yet loading"
+    assert "model.pt2" in tf["model_version_status"][0]["status"]["error_message"]
     shutil.copy(source / "model.pt2", target / "model.pt2")
     _wait(lambda: _states(server, "half_plus_three").get(124) == "AVAILABLE")
