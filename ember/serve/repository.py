@@ -137,6 +137,11 @@ class ModelRepository(RepositorySync):
         self._started = False
 
     @property
+    def started(self) -> bool:
+        """True once the startup load has settled (every model loaded, failed or pending)."""
+        return self._started
+
+    @property
     def ready(self) -> bool:
         """Whether the server is ready for traffic (``/v2/health/ready``, ``/ping``, gRPC).
 

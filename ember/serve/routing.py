@@ -100,12 +100,14 @@ class ModelRoutes:
         }
 
     def not_serving(self) -> str:
-        """Why no version serves: each failed or pending version and its reason ("" if none)."""
-        return "; ".join(
+        """Why no version serves: the newest failed or pending versions (up to 3) and their
+        reasons ("" if none)."""
+        why = [
             f"version {v} {e.state}: {e.error}"
-            for v, e in sorted(self.entries.items())
+            for v, e in sorted(self.entries.items(), reverse=True)
             if e.state in ("FAILED", "PENDING") and e.error
-        )
+        ]
+        return "; ".join(why[:3])
 
     def available(self, version: int | str) -> int:
         """Returns ``version`` as an int when it is serving, else raises ``ServeError(404)``."""

@@ -242,7 +242,7 @@ def test_failed_new_model_is_reported_with_its_reason_and_keeps_the_server_ready
 def test_strict_readiness_is_not_ready_while_a_model_fails(repo_dir, start_server):
     _broken(repo_dir)
     server = start_server(repo_dir, wait_ready=False, strict_readiness=True)
-    _wait(lambda: server.repository._started)
+    _wait(lambda: server.repository.started)
     assert httpx.get(server.url + "/v2/health/ready").status_code == 503
     assert httpx.get(server.url + "/ping").status_code == 503
     shutil.rmtree(repo_dir / "broken")  # the watcher unloads it: every model serves again
