@@ -278,6 +278,10 @@ def _add_serve(sub: Any) -> None:
     )
     p.add_argument("--grace-period", type=float, default=30.0, help="seconds to drain at shutdown")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument(
+        "--strict-readiness", action="store_true",
+        help="ready only while every model serves (default: while at least one does)",
+    )  # fmt: skip
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -303,6 +307,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         runtime=args.runtime,
         grace_period=args.grace_period,
         access_log=args.access_log,
+        strict_readiness=args.strict_readiness,
     )
 
 

@@ -41,6 +41,7 @@ def serve(
     runtime: str = "auto",
     grace_period: float = 30.0,
     access_log: bool = False,
+    strict_readiness: bool = False,
 ) -> int:
     """Serves a model repository until SIGTERM or SIGINT; returns the exit code (0).
 
@@ -65,6 +66,9 @@ def serve(
         grace_period: seconds in-flight requests get to finish at shutdown.
         access_log: log every request to the ``ember.serve.access`` logger (INFO); it costs about
             a tenth of the throughput of a tiny model, so it is off by default.
+        strict_readiness: ``/v2/health/ready`` answers 200 only while every model has a version
+            serving (Triton's default); by default it does while at least one model serves, so
+            one failed or pending model does not take a replica out of service.
 
     Returns:
         0 after a graceful shutdown.
@@ -112,6 +116,7 @@ async def run(
     runtime: str = "auto",
     grace_period: float = 30.0,
     freeze_heap: bool = False,
+    strict_readiness: bool = False,
 ) -> None:
     """Runs the server on the current loop until ``stop`` is set (the async core of ``serve``).
 
@@ -131,8 +136,9 @@ async def run(
     batching = BatchingConfig(max_batch_size, max_queue_delay_ms, adaptive_batching, target_p99_ms)
     metrics = ServeMetrics()
     repository = ModelRepository(
-        Path(path), poll_interval=poll_interval, runtime=runtime, batching=batching, metrics=metrics
-    )
+        Path(path), poll_interval=poll_interval, runtime=runtime, batching=batching,
+        metrics=metrics, strict_readiness=strict_readiness,
+    )  # fmt: skip
     app = build_app(repository, metrics=metrics, body_limit=body_limit)
     info: dict[str, Any] = {"app": app, "repository": repository, "grpc": None,
                             "management": None, "token": None}  # fmt: skip
