@@ -129,9 +129,12 @@ def default_callbacks(
 
         if not any(isinstance(c, ReportCallback) for c in callbacks):
             callbacks.append(ReportCallback())
-    # Checkpoints last: they must capture the state every other callback updated this epoch.
-    return [c for c in callbacks if not isinstance(c, ModelCheckpoint)] + [
-        c for c in callbacks if isinstance(c, ModelCheckpoint)
+    # Checkpoints (and backups) last: they must capture the state every other callback updated.
+    from ember.train.backup import BackupAndRestore
+
+    saves = (ModelCheckpoint, BackupAndRestore)
+    return [c for c in callbacks if not isinstance(c, saves)] + [
+        c for c in callbacks if isinstance(c, saves)
     ]
 
 
