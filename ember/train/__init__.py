@@ -6,6 +6,7 @@ from ember.train.keras_callbacks import LambdaCallback, ReduceLROnPlateau, Termi
 from ember.train.history import History
 from ember.train.lr_finder import LRFinderResult, lr_find
 from ember.train.loggers import CSVLogger, Logger, TensorBoardLogger
+from ember.train.mlflow_logger import MLflowLogger
 from ember.train.model_checkpoint import ModelCheckpoint
 from ember.train.progress import ProgressBar
 from ember.train.trainer import Trainer
@@ -24,6 +25,7 @@ __all__ = [
     "History",
     "LearningRateMonitor",
     "Logger",
+    "MLflowLogger",
     "ModelCheckpoint",
     "ProgressBar",
     "TensorBoardLogger",
