@@ -388,12 +388,12 @@ class Trainer:
         """Evaluate `model` on held-out test data, as Lightning's `trainer.test`.
 
         Returns:
-            One dict per data set (Lightning's shape), keys prefixed with "test_":
-            `[{"test_loss": 0.21, "test_accuracy": 0.94}]`.
+            A list with one dict per data set (Lightning's shape), its keys prefixed with
+            "test_": `test_loss` and each compiled metric, e.g. `test_accuracy`.
 
         Example:
             >>> trainer.fit(model, train_loader, val_loader)
-            >>> trainer.test(model, test_loader)[0]["test_accuracy"]
+            >>> results = trainer.test(model, test_loader)
         """
         results = {f"test_{k}": v for k, v in self.validate(model, data).items()}
         log.info("Test: %s", ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
