@@ -113,7 +113,10 @@ def test_version_prints_ember_and_torch_versions(capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "--epochs", "abc"], "argument --epochs: expected a positive integer, received abc"),
+        (
+            ["train", "--epochs", "abc"],
+            "argument --epochs: expected a positive integer, received abc",
+        ),
         (["train", "--batch-size", "1.5"], "argument --batch-size: expected a positive integer"),
         (["serve", ".", "--port", "http"], "argument --port: expected a port number 0..65535"),
         (["serve", ".", "--grpc-port", "70000"], "argument --grpc-port: expected a port number"),

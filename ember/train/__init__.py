@@ -2,10 +2,10 @@
 
 from ember.train.backup import BackupAndRestore
 from ember.train.callbacks import Callback, CallbackError, EarlyStopping, LearningRateMonitor
-from ember.train.keras_callbacks import LambdaCallback, ReduceLROnPlateau, TerminateOnNaN
 from ember.train.history import History
-from ember.train.lr_finder import LRFinderResult, lr_find
+from ember.train.keras_callbacks import LambdaCallback, ReduceLROnPlateau, TerminateOnNaN
 from ember.train.loggers import CSVLogger, Logger, TensorBoardLogger
+from ember.train.lr_finder import LRFinderResult, lr_find
 from ember.train.mlflow_logger import MLflowLogger
 from ember.train.model_checkpoint import ModelCheckpoint
 from ember.train.progress import ProgressBar

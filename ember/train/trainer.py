@@ -480,7 +480,11 @@ def _check_batch_limits(
     else:
         trainer_setup.check_positive(fast_dev_run=fast_dev_run)
         dev_run = fast_dev_run
-    if not isinstance(overfit_batches, int) or isinstance(overfit_batches, bool) or overfit_batches < 0:
+    if (
+        not isinstance(overfit_batches, int)
+        or isinstance(overfit_batches, bool)
+        or overfit_batches < 0
+    ):
         raise ValueError(
             "Received an invalid value for `overfit_batches`, expected an integer >= 0 (0: off). "
             f"Received: overfit_batches={overfit_batches!r}"

@@ -134,7 +134,9 @@ def _start_cli_server(repo: Path, tmp_path: Path, name: str) -> tuple[subprocess
             "--poll-interval", "0", "--token-file", str(tmp_path / f"{name}.token")]  # fmt: skip
     proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
+    threading.Thread(
+        target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True
+    ).start()
     return proc, lines
 
 

@@ -24,7 +24,12 @@ def _data():
 def _model():
     torch.manual_seed(3)
     model = ember.Sequential(
-        [layers.Input((6,)), layers.Dense(16, activation="relu"), layers.Dropout(0.2), layers.Dense(2)]
+        [
+            layers.Input((6,)),
+            layers.Dense(16, activation="relu"),
+            layers.Dropout(0.2),
+            layers.Dense(2),
+        ]
     )
     model.compile("adam", "cross_entropy", ["accuracy"], lr=1e-2)
     return model
@@ -124,7 +129,9 @@ def test_a_killed_process_rerun_with_the_same_backup_dir_ends_bit_identical(tmp_
 
     full = run(tmp_path / "full")
     assert full.returncode == 0 and "steps run: 18" in full.stdout, full.stderr
-    assert run(tmp_path / "cut", kill_at=8).returncode == -signal.SIGKILL  # mid-epoch 2 (6 steps an epoch)
+    assert (
+        run(tmp_path / "cut", kill_at=8).returncode == -signal.SIGKILL
+    )  # mid-epoch 2 (6 steps an epoch)
     rerun = run(tmp_path / "cut")
     assert rerun.returncode == 0, rerun.stderr
     assert "steps run: 12" in rerun.stdout  # 18 in all; the newest backup was at step 6

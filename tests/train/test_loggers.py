@@ -110,7 +110,10 @@ def test_tensorboard_epoch_scalars_match_the_history(tb_run, tb_val, key, run, t
 
 def test_tensorboard_layout_is_keras_train_and_validation_runs_with_the_same_tags(tb_run, tb_val):
     _, trainer, _, _, acc = tb_run
-    assert sorted(p.name for p in trainer.log_dir.iterdir() if p.is_dir()) == ["train", "validation"]
+    assert sorted(p.name for p in trainer.log_dir.iterdir() if p.is_dir()) == [
+        "train",
+        "validation",
+    ]
     assert not list(trainer.log_dir.glob("events.out.tfevents.*"))  # only inside the two runs
     train_tags, val_tags = set(acc.Tags()["scalars"]), set(tb_val.Tags()["scalars"])
     assert val_tags == {"epoch_loss", "epoch_accuracy"}  # one chart each with the train curve

@@ -105,7 +105,9 @@ def test_mlflow_logger_checks_its_arguments_before_any_import(tmp_path):
 
 
 def test_import_ember_imports_neither_mlflow_nor_matplotlib():
-    code = "import sys, ember, ember.train; print(sorted({'mlflow', 'matplotlib'} & set(sys.modules)))"
+    code = (
+        "import sys, ember, ember.train; print(sorted({'mlflow', 'matplotlib'} & set(sys.modules)))"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.stdout.strip() == "[]", out.stderr

@@ -56,7 +56,9 @@ def test_sample_weights_follow_a_validation_split_and_the_step_is_restored():
     w = np.arange(64, dtype=np.float32)
     model = _model()
     history = _fit(model, x, y, sample_weight=w, validation_split=0.25)
-    assert history.history["loss"][0] == pytest.approx(_expected_loss(x[:48], y[:48], w[:48]), rel=1e-5)
+    assert history.history["loss"][0] == pytest.approx(
+        _expected_loss(x[:48], y[:48], w[:48]), rel=1e-5
+    )
     assert "train_step" not in vars(model)  # the weighted step was for that fit only
 
 

@@ -45,7 +45,9 @@ def test_trainer_test_returns_lightning_shaped_test_metrics():
     trainer.fit(model, _data())
     results = trainer.test(model, _data(32, seed=2))
     assert isinstance(results, list) and set(results[0]) == {"test_loss", "test_accuracy"}
-    assert results[0]["test_loss"] == pytest.approx(trainer.validate(model, _data(32, seed=2))["loss"])
+    assert results[0]["test_loss"] == pytest.approx(
+        trainer.validate(model, _data(32, seed=2))["loss"]
+    )
 
 
 def test_fast_dev_run_runs_one_batch_of_each_and_writes_nothing(tmp_path):
