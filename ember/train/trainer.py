@@ -108,7 +108,7 @@ class Trainer:
         trainer_setup.check_arguments(
             accumulate_grad_batches, log_every_n_steps, gradient_clip_algorithm
         )
-        dev_run = _check_batch_limits(
+        dev_run = trainer_setup.check_batch_limits(
             limit_train_batches, limit_val_batches, fast_dev_run, overfit_batches
         )
         if dev_run:  # Lightning's fast_dev_run: n batches, one epoch, nothing written
@@ -197,7 +197,7 @@ class Trainer:
         loop_state.share_run_dir(self)
         trainer_setup.seed_run(self, ckpt)
         if self.overfit_batches:
-            train_data = _first_batches(train_data, self.overfit_batches)
+            train_data = trainer_setup.first_batches(train_data, self.overfit_batches)
         train_loader = loop_state.prepare_loader(self, train_data, shuffle=True)
         val_loader = None
         if val_data is not None:
@@ -466,41 +466,3 @@ class Trainer:
         final_metrics = {k: v for k, v in self.logged_metrics.items() if "/" not in k}
         for logger in self.loggers:
             logger.finalize(final_metrics if final else {})
-
-
-def _check_batch_limits(
-    limit_train: Any, limit_val: Any, fast_dev_run: Any, overfit_batches: Any
-) -> int:
-    """Check the batch-limit arguments; returns fast_dev_run's batch count (0: off)."""
-    for name, value in (("limit_train_batches", limit_train), ("limit_val_batches", limit_val)):
-        if value is not None:
-            trainer_setup.check_positive(**{name: value})
-    if isinstance(fast_dev_run, bool) or fast_dev_run == 0:
-        dev_run = int(fast_dev_run)
-    else:
-        trainer_setup.check_positive(fast_dev_run=fast_dev_run)
-        dev_run = fast_dev_run
-    if (
-        not isinstance(overfit_batches, int)
-        or isinstance(overfit_batches, bool)
-        or overfit_batches < 0
-    ):
-        raise ValueError(
-            "Received an invalid value for `overfit_batches`, expected an integer >= 0 (0: off). "
-            f"Received: overfit_batches={overfit_batches!r}"
-        )
-    return dev_run
-
-
-def _first_batches(data: Any, n: int) -> list:
-    """The first `n` batches of `data` in order (a shuffling DataLoader is read unshuffled)."""
-    from torch.utils.data import DataLoader, Dataset
-
-    if isinstance(data, DataLoader) and data.batch_size is not None:
-        data = DataLoader(data.dataset, batch_size=data.batch_size, collate_fn=data.collate_fn)
-    elif isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
-        data = DataLoader(data, batch_size=32)
-    batches = list(itertools.islice(iter(data), n))
-    if len(batches) < n:
-        log.warning("overfit_batches=%d, but the training data has only %d.", n, len(batches))
-    return batches
