@@ -68,15 +68,32 @@ def weighted_train_step(
         sample_weight: batches are `(x, (y, w))` (from `WeightedDataset`).
     """
     cfg = steps._require_config(module)
-    return functools.partial(_step, module, cfg, class_weight, sample_weight)
+    per_sample = functools.partial(_per_sample_loss, cfg.loss_fn, {"vmap": True})
+    return functools.partial(_step, module, cfg, per_sample, class_weight, sample_weight)
 
 
-def _step(module: nn.Module, cfg: Any, table: Any, has_w: bool, batch: Any) -> dict:
+def _per_sample_loss(loss_fn: Callable, state: dict, pred: torch.Tensor, y: torch.Tensor):
+    """One loss per sample (B,): the compiled loss mapped over the batch dimension.
+
+    `torch.vmap` does it in one call; a loss vmap cannot map (data-dependent Python control
+    flow, `.item()`) is called once per sample instead, from then on.
+    """
+    one = lambda p, t: loss_fn(p.unsqueeze(0), t.unsqueeze(0))  # noqa: E731
+    if state["vmap"]:
+        try:
+            return torch.vmap(one)(pred, y)
+        except Exception:  # noqa: BLE001 - any failure of vmap: fall back to a loop
+            state["vmap"] = False
+    return torch.stack([one(p, t) for p, t in zip(pred, y)])
+
+
+def _step(
+    module: nn.Module, cfg: Any, per_sample_loss: Callable, table: Any, has_w: bool, batch: Any
+) -> dict:
     x, y = steps.split_batch(batch)
     y, w = y if has_w else (y, None)
     pred = steps._forward(module, x)  # (B, ...)
-    # One loss per sample: the compiled loss mapped over the batch dimension.
-    per_sample = torch.vmap(lambda p, t: cfg.loss_fn(p.unsqueeze(0), t.unsqueeze(0)))(pred, y)
+    per_sample = per_sample_loss(pred, y)  # (B,)
     weight = torch.ones_like(per_sample)
     if table is not None:
         classes = y.reshape(len(y), -1)[:, 0].long()

@@ -74,3 +74,21 @@ def test_bad_weights_are_refused_with_the_fix(kwargs, match):
     x, y = _data()
     with pytest.raises(ValueError, match=match):
         _fit(_model(), x, y, **kwargs)
+
+
+def test_a_loss_vmap_cannot_map_is_weighted_one_sample_at_a_time():
+    def picky_mse(pred, target):  # .item() inside: torch.vmap refuses it
+        scale = 1.0 if float(pred.detach().abs().sum().item()) >= 0 else 0.0
+        return scale * torch.nn.functional.mse_loss(pred[:, 0], target.float())
+
+    x, y = _data()
+    model = _model()
+    model.compile("sgd", picky_mse, lr=0.1)
+    w = np.linspace(0.0, 2.0, len(y)).astype(np.float32)
+    history = _fit(model, x, y, sample_weight=w)
+    with torch.no_grad():
+        pred = _model()(torch.from_numpy(x))[:, 0]
+    per = (pred - torch.from_numpy(y).float()) ** 2
+    assert history.history["loss"][0] == pytest.approx(
+        float((per * torch.from_numpy(w)).mean()), rel=1e-5
+    )
