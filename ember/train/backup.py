@@ -24,7 +24,7 @@ class BackupAndRestore(Callback):
     where the newest backup was taken (model, optimizer, scheduler, RNG, data order, callbacks,
     loop position) and ends bit-identical to a run that was never interrupted. When the fit
     completes, the backup is deleted (unless `delete_checkpoint=False`), so the next run starts
-    fresh.
+    fresh. An explicit `fit(..., ckpt_path=...)` takes precedence over the backup.
 
     Args:
         backup_dir: where the backup lives (one checkpoint directory, replaced atomically).

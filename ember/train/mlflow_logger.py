@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ember.train.budget import check_seconds
 from ember.train.loggers import Logger, _hparam_value
 
 __all__ = ["MLflowLogger"]
@@ -62,7 +63,7 @@ class MLflowLogger(Logger):
             )
         self.experiment_name, self.tracking_uri = experiment_name, tracking_uri
         self.run_name, self.log_artifacts_enabled = run_name, log_artifacts
-        self.flush_secs = flush_secs
+        self.flush_secs = check_seconds("flush_secs", flush_secs)
         self.run_id: str | None = None
         self._client: Any = None
         self._pending: list[Any] = []  # mlflow Metric entities not yet sent

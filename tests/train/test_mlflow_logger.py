@@ -99,6 +99,8 @@ def test_mlflow_gets_params_metrics_artifacts_and_a_registered_model(tracking_ur
 def test_mlflow_logger_checks_its_arguments_before_any_import(tmp_path):
     with pytest.raises(ValueError, match="experiment_name"):
         MLflowLogger("")
+    with pytest.raises(ValueError, match="flush_secs"):
+        MLflowLogger("x", flush_secs=-1)
     logger = MLflowLogger("x", save_dir=tmp_path)
     with pytest.raises(ValueError, match="not a model package"):
         logger.log_package(tmp_path)
