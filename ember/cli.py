@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log progress and show tracebacks"
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_train(sub)
     _add_demo(sub)
@@ -245,12 +246,16 @@ def _add_serve(sub: Any) -> None:
     )
     p.add_argument("path", type=Path, help="repository, package directory or .onnx file")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="REST port (default 8080; 0 picks one)")
-    p.add_argument("--grpc-port", type=int, default=8081, help="KServe v2 gRPC port (default 8081)")
+    p.add_argument("--port", type=_port, default=8080, help="REST port (default 8080; 0 picks one)")
+    p.add_argument(
+        "--grpc-port", type=_port, default=None,
+        help="KServe v2 gRPC port (default PORT+1, or a free one with --port 0)",
+    )  # fmt: skip
     p.add_argument("--no-grpc", action="store_true", help="do not serve gRPC")
     p.add_argument(
-        "--management-port", type=int, default=8082, help="management API port on 127.0.0.1"
-    )
+        "--management-port", type=_port, default=None,
+        help="management API port on 127.0.0.1 (default PORT+2, or a free one with --port 0)",
+    )  # fmt: skip
     p.add_argument("--no-management", action="store_true", help="do not serve the management API")
     p.add_argument(
         "--token-file", type=Path, default=None, help="management bearer token file (mode 0600)"
@@ -291,12 +296,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{args.path} does not exist: pass a model repository, a package or a .onnx file."
         )
+    grpc_port, management_port = serve_ports(args.port, args.grpc_port, args.management_port)
+    logging.getLogger("ember.serve").setLevel(logging.INFO)  # where it listens, what it loaded
     return serve(
         args.path,
         host=args.host,
         port=args.port,
-        grpc_port=None if args.no_grpc else args.grpc_port,
-        management_port=None if args.no_management else args.management_port,
+        grpc_port=None if args.no_grpc else grpc_port,
+        management_port=None if args.no_management else management_port,
         token_file=args.token_file,
         poll_interval=args.poll_interval,
         max_batch_size=args.max_batch_size,
@@ -335,10 +342,56 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_ports(port: int, grpc_port: int | None, management_port: int | None) -> tuple[int, int]:
+    """The gRPC and management ports: as given, else PORT+1 and PORT+2 (free ones for PORT 0).
+
+    A second server started with another `--port` (or `--port 0`) then clashes with nothing.
+
+    Example:
+        >>> serve_ports(9000, None, None), serve_ports(0, None, None)
+        ((9001, 9002), (0, 0))
+    """
+    derived = (0, 0) if port == 0 else (port + 1, port + 2)
+    if derived[1] > 65535 and management_port is None or derived[0] > 65535 and grpc_port is None:
+        raise ValueError(
+            f"--port {port} leaves no room for the gRPC and management ports (PORT+1, PORT+2): "
+            "pass --grpc-port and --management-port, or a lower --port."
+        )
+    return (
+        derived[0] if grpc_port is None else grpc_port,
+        derived[1] if management_port is None else management_port,
+    )
+
+
+def _version() -> str:
+    import platform
+
+    import torch
+
+    from ember import __version__
+
+    return f"ember {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, received {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected a port number 0..65535 (0 picks a free one), received {text}"
+        )
     return value
 
 

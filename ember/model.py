@@ -68,6 +68,8 @@ class Model(nn.Module):
         callbacks: list | None = None,
         shuffle: bool = True,
         verbose: bool = True,
+        class_weight: dict | None = None,
+        sample_weight: Any = None,
         **trainer_kwargs: Any,
     ):
         """Train on arrays, tensors, a Dataset or a DataLoader; returns a History.
@@ -82,16 +84,32 @@ class Model(nn.Module):
             callbacks: ember Callbacks (EarlyStopping, ModelCheckpoint, ...).
             shuffle: reshuffle the training data every epoch.
             verbose: show the progress bar.
+            class_weight: {class index: weight}; each sample's training loss is multiplied by
+                its class's weight (classes not named weigh 1), e.g. {0: 1.0, 1: 10.0}.
+            sample_weight: one weight per sample of `x` (array or tensor); each sample's training
+                loss is multiplied by it. Validation values stay unweighted.
             **trainer_kwargs: any `ember.Trainer` argument (precision, seed, logger, ...).
         """
         train, val = _fit_data(x, y, validation_split, validation_data)
+        if sample_weight is not None:
+            train = _with_sample_weight(train, x, y, sample_weight)
         train_loader = _data.make_loader(train, batch_size=batch_size, shuffle=shuffle)
         val_loader = _data.make_loader(val, batch_size=batch_size) if val is not None else None
         from ember.train.trainer import Trainer
 
         trainer_kwargs.setdefault("enable_progress_bar", verbose)
         self.trainer = Trainer(max_epochs=epochs, callbacks=callbacks, **trainer_kwargs)
-        return self.trainer.fit(self, train_loader, val_loader)
+        if class_weight is None and sample_weight is None:
+            return self.trainer.fit(self, train_loader, val_loader)
+        from ember.train.sample_weights import class_weight_tensor, weighted_train_step
+
+        table = class_weight_tensor(class_weight) if class_weight is not None else None
+        # An instance attribute shadows the method for this fit only (the Trainer calls it).
+        self.train_step = weighted_train_step(self, table, sample_weight is not None)
+        try:
+            return self.trainer.fit(self, train_loader, val_loader)
+        finally:
+            del self.train_step
 
     def evaluate(self, x: Any, y: Any = None, *, batch_size: int = 32) -> dict[str, float]:
         """Loss and compiled metrics on the given data, e.g. {"loss": 0.1, "accuracy": 0.97}."""
@@ -215,6 +233,26 @@ def _fit_data(x: Any, y: Any, validation_split: float | None, validation_data: A
     if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
         return train, _data.as_dataset(*validation_data)
     return train, validation_data
+
+
+def _with_sample_weight(train: Any, x: Any, y: Any, sample_weight: Any) -> Any:
+    """The training set yielding `(x, (y, w))`; the weights follow a validation split's indices."""
+    from ember.train.sample_weights import WeightedDataset
+
+    if y is None:
+        raise ValueError(
+            "`sample_weight` needs `x` and `y` as arrays or tensors (one weight per sample). "
+            "For a Dataset or DataLoader, yield the weight from it and override train_step."
+        )
+    weights = _data.as_tensor(sample_weight, "sample_weight").float().reshape(-1)
+    if len(weights) != len(_data.as_tensor(y, "y")):
+        raise ValueError(
+            "`sample_weight` must have one weight per sample. "
+            f"Received: {len(weights)} weights for {len(_data.as_tensor(y, 'y'))} samples"
+        )
+    if isinstance(train, torch.utils.data.Subset):  # validation_split kept the first samples
+        weights = weights[list(train.indices)]
+    return WeightedDataset(train, weights)
 
 
 def _quiet_trainer(model: Model):
