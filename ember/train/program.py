@@ -58,7 +58,8 @@ class Program:
         out = {}
         for name, metric in cfg.metric_objects.get(stage, {}).items():
             if metric.update_count:
-                out[name] = float(metric.compute())  # torchmetrics syncs across ranks itself
+                # Every metric (ember's and torchmetrics') sums its state over the ranks itself.
+                out[name] = float(metric.compute())
             metric.reset()
         return out
 
@@ -68,7 +69,7 @@ class Program:
         if cfg is not None:
             out.update(
                 optimizer=_name(cfg.optimizer),
-                loss=_name(cfg.loss),
+                loss=steps.describe_loss(cfg),
                 lr=cfg.lr,
                 metrics=",".join(_name(m) for m in cfg.metrics),
             )
