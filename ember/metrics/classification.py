@@ -228,6 +228,8 @@ def _flatten(
 
     A mask, not indexing: boolean indexing would wait for the accelerator on every batch.
     """
+    if num_classes > 1 and target.is_floating_point() and target.shape == preds.shape:
+        target = target.argmax(dim=-1)  # one-hot (or class probability) targets
     if num_classes > 1 and preds.ndim == target.ndim + 1:
         preds = preds.reshape(-1, preds.shape[-1])  # (..., C) -> (N, C)
     else:

@@ -156,6 +156,16 @@ def test_token_metrics_skip_ignored_targets_like_torchmetrics():
     assert float(acc.compute()) == pytest.approx(float(ref_acc.compute()), abs=1e-6)
 
 
+def test_one_hot_targets_count_as_their_class(multiclass):
+    logits, target = multiclass
+    one_hot = torch.nn.functional.one_hot(target, C).float()
+    for name in ("accuracy", "f1_weighted"):
+        a, b = metrics.get(name, num_classes=C), metrics.get(name, num_classes=C)
+        a.update(logits, one_hot)
+        b.update(logits, target)
+        assert float(a.compute()) == float(b.compute())
+
+
 def test_reset_and_update_count():
     acc = metrics.get("accuracy", num_classes=3)
     acc.update(torch.eye(3), torch.tensor([0, 1, 2]))
