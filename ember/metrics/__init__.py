@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ember.losses import IGNORE_INDEX  # targets with this value (padding) count nowhere
 from ember.metrics.base import Metric
 from ember.metrics.classification import AUROC, Accuracy, F1Score, Precision, Recall
 from ember.metrics.language import Perplexity
@@ -38,7 +39,6 @@ _REGRESSION = {
     "r2": R2Score,
 }
 _TOP_K = re.compile(r"top(\d+)_accuracy")
-IGNORE_INDEX = -100  # targets with this value (padding) count in no metric, as in F.cross_entropy
 
 # Every name `get` accepts (top<k>_accuracy for any k; f1/precision/recall/auroc default to macro).
 _NAMES = (
