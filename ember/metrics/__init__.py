@@ -26,6 +26,7 @@ __all__ = [
     "Precision",
     "R2Score",
     "Recall",
+    "check",
     "collection",
     "get",
     "is_known",
@@ -63,6 +64,25 @@ def is_known(name: str) -> bool:
     return name in _NAMES or _TOP_K.fullmatch(name) is not None
 
 
+def check(identifier: Any) -> None:
+    """Raise a clear error unless `get` accepts `identifier` (a known name or a metric object).
+
+    Example:
+        >>> check("f1_weighted")   # fine
+    """
+    if not isinstance(identifier, str):
+        if not all(hasattr(identifier, a) for a in ("update", "compute", "reset")):
+            raise TypeError(
+                "A metric is a name or an object with update(), compute() and reset() (an "
+                f"ember.metrics.Metric or a torchmetrics.Metric). Received: {identifier!r}"
+            )
+    elif not is_known(identifier):
+        raise ValueError(
+            f"Unknown metric {identifier!r}. Choose one of: {', '.join(_NAMES)} (top<k>_accuracy "
+            "for any k), or pass a torchmetrics.Metric."
+        )
+
+
 def get(identifier: Any, *, num_classes: int | None = None, from_logits: bool | None = None) -> Any:
     """Return a metric object for a name, or the metric object itself.
 
@@ -80,19 +100,10 @@ def get(identifier: Any, *, num_classes: int | None = None, from_logits: bool | 
         >>> f1 = get("f1", num_classes=10)          # macro-averaged
         >>> f1w = get("f1_weighted", num_classes=10)
     """
+    check(identifier)
     if not isinstance(identifier, str):
-        if all(hasattr(identifier, a) for a in ("update", "compute", "reset")):
-            return identifier
-        raise TypeError(
-            "A metric is a name or an object with update(), compute() and reset() (an "
-            f"ember.metrics.Metric or a torchmetrics.Metric). Received: {identifier!r}"
-        )
+        return identifier
     name = identifier.lower()
-    if not is_known(name):
-        raise ValueError(
-            f"Unknown metric {identifier!r}. Choose one of: {', '.join(_NAMES)} (top<k>_accuracy "
-            "for any k), or pass a torchmetrics.Metric."
-        )
     if name in _REGRESSION:
         return _REGRESSION[name]()
     if name == "perplexity":

@@ -115,11 +115,7 @@ def compile(
             "or pass a torch.optim.Optimizer."
         )
     for m in metrics or []:  # fail fast on unknown names, before training starts
-        if isinstance(m, str) and not _metrics.is_known(m):
-            raise ValueError(
-                f"Unknown metric {m!r}. Choose one of: {', '.join(_metrics._NAMES)}, "
-                "or pass a torchmetrics.Metric."
-            )
+        _metrics.check(m)
     if from_logits is not None and not isinstance(from_logits, bool):
         raise TypeError(f"from_logits must be True, False or None. Received: {from_logits!r}")
     loss_fn = losses.get(loss) if loss is not None else None

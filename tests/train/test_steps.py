@@ -126,3 +126,8 @@ def test_a_dict_output_without_logits_names_its_keys():
 def test_compile_without_a_loss_needs_a_model_that_computes_its_own():
     with pytest.raises(ValueError, match="compile\\(\\) needs a loss.*forward takes `labels`"):
         ember.compile(torch.nn.Linear(4, 2), "adam")
+
+
+def test_compile_refuses_a_metric_that_is_not_one():
+    with pytest.raises(TypeError, match="update\\(\\), compute\\(\\) and reset\\(\\).*Received: 3"):
+        ember.compile(torch.nn.Linear(4, 2), "adam", "cross_entropy", ["accuracy", 3])
