@@ -59,7 +59,9 @@ class CrossEntropy:
         pred, target = align_tokens(pred, target, self.shift_labels)
         if self.from_logits is not False:
             return F.cross_entropy(pred, target, ignore_index=self.ignore_index)
-        log_p = pred.float().clamp(_EPS, 1 - _EPS).log()
+        p = pred.float()
+        p = p / p.sum(dim=1, keepdim=True)  # as Keras: a row that does not sum to 1 is rescaled
+        log_p = p.clamp(_EPS, 1 - _EPS).log()
         if target.is_floating_point() and target.shape == pred.shape:  # class probabilities
             return -(target * log_p).sum(dim=1).mean()
         return F.nll_loss(log_p, target, ignore_index=self.ignore_index)

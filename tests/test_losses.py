@@ -88,3 +88,11 @@ def test_unknown_loss_lists_the_names():
         ValueError, match="Unknown loss 'bce'. Choose one of: cross_entropy.*causal_lm"
     ):
         losses.get("bce")
+
+
+def test_cross_entropy_on_probabilities_rescales_rows_as_keras_does():
+    scores, target = torch.tensor([[0.2, 0.6], [0.9, 0.3]]), torch.tensor([1, 0])
+    loss = losses.CrossEntropy(from_logits=False)
+    assert float(loss(scores, target)) == pytest.approx(
+        float(loss(scores / scores.sum(1, keepdim=True), target))
+    )
