@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Metric"]
+__all__ = ["Metric", "accumulator_dtype"]
 
 
 class Metric:
@@ -53,8 +53,15 @@ class Metric:
         self._update(preds, target)
 
     def compute(self) -> torch.Tensor:
-        """The metric over every batch added (and every process, when distributed)."""
-        return self._compute(**self._synced_states())
+        """The metric over every batch added (and every process, when distributed).
+
+        Reduced on the CPU (in float64, which not every accelerator has): states are small.
+        """
+        states = {
+            k: [t.cpu() for t in v] if isinstance(v, list) else v.cpu()
+            for k, v in self._synced_states().items()
+        }
+        return self._compute(**states)
 
     def reset(self) -> None:
         """Forget every batch added."""
@@ -66,8 +73,9 @@ class Metric:
         """Move the states to `device` (in place); returns self."""
         for name, default in self._defaults.items():
             if isinstance(default, torch.Tensor):
-                self._defaults[name] = default.to(device)
-                setattr(self, name, getattr(self, name).to(device))
+                dtype = accumulator_dtype(device) if default.is_floating_point() else None
+                self._defaults[name] = default.to(device, dtype)
+                setattr(self, name, getattr(self, name).to(device, dtype))
             else:
                 setattr(self, name, [t.to(device) for t in getattr(self, name)])
         return self
@@ -106,6 +114,11 @@ class Metric:
     def _device(self) -> torch.device:
         tensors = [d for d in self._defaults.values() if isinstance(d, torch.Tensor)]
         return tensors[0].device if tensors else torch.device("cpu")
+
+
+def accumulator_dtype(device: torch.device | str) -> torch.dtype:
+    """float64 for sums, float32 where the device has no float64 (Apple's MPS)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
 
 
 def _distributed() -> bool:

@@ -42,7 +42,7 @@ class Perplexity(Metric):
             target = target.where(keep, 0)
         log_p = F.log_softmax(preds, dim=-1) if self.from_logits else preds.clamp_min(1e-12).log()
         nll = -log_p.gather(1, target.unsqueeze(1)).squeeze(1)  # (N,)
-        self.total += nll.where(keep, 0).sum()
+        self.total += nll.where(keep, 0).sum().to(self.total.dtype)
         self.count += keep.sum()
 
     def _compute(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:

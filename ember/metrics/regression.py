@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ember.metrics.base import Metric
+from ember.metrics.base import Metric, accumulator_dtype
 
 __all__ = ["MeanAbsoluteError", "MeanSquaredError", "R2Score"]
 
@@ -93,9 +93,9 @@ class R2Score(Metric):
 
 
 def _match(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both as float64 of the target's shape (a (N, 1) output against (N,) targets)."""
-    target = target.double()
-    preds = preds.double()
+    """Both as float64 (float32 on MPS) of the target's shape ((N, 1) outputs for (N,) targets)."""
+    dtype = accumulator_dtype(target.device)
+    target, preds = target.to(dtype), preds.to(dtype)
     if preds.shape != target.shape and preds.numel() == target.numel():
         preds = preds.reshape(target.shape)
     return preds, target

@@ -208,3 +208,12 @@ def test_named_metrics_and_a_fit_import_no_torchmetrics():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_sums_are_float64_except_on_mps_and_compute_reads_them_on_the_cpu():
+    from ember.metrics.base import accumulator_dtype
+
+    assert accumulator_dtype("cpu") == torch.float64
+    assert accumulator_dtype("mps") == torch.float32
+    mae = metrics.get("mae").to("meta")  # any device: compute() copies the sums to the CPU first
+    assert mae.total.device.type == "meta"
