@@ -324,6 +324,12 @@ def _forward_and_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if cfg.loss_fn is not None:
         pred = prediction(_forward(module, x))
+        if not isinstance(pred, torch.Tensor):
+            raise TypeError(
+                f"{type(module).__name__} returned a {type(pred).__name__}, but the compiled loss "
+                "takes one tensor: return a tensor or a dict with 'logits', or override "
+                "train_step / validation_step to compute the loss of several outputs."
+            )
         return pred, cfg.loss_fn(pred, y)
     # The model's own loss (Hugging Face): it gets the targets as `labels`.
     out = module(**x, labels=y) if isinstance(x, dict) else _forward(module, x)

@@ -131,3 +131,18 @@ def test_compile_without_a_loss_needs_a_model_that_computes_its_own():
 def test_compile_refuses_a_metric_that_is_not_one():
     with pytest.raises(TypeError, match="update\\(\\), compute\\(\\) and reset\\(\\).*Received: 3"):
         ember.compile(torch.nn.Linear(4, 2), "adam", "cross_entropy", ["accuracy", 3])
+
+
+def test_a_tuple_output_with_a_compiled_loss_says_what_to_return():
+    class Pair(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.a(x), self.a(x)
+
+    net = ember.compile(Pair(), "adam", "cross_entropy")
+    data = [(torch.zeros(4), torch.tensor(0))] * 4
+    with pytest.raises(TypeError, match="returned a tuple, but the compiled loss takes one tensor"):
+        ember.Trainer(max_epochs=1, **_quiet(enable_progress_bar=False)).fit(net, DataLoader(data))
