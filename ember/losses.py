@@ -57,6 +57,12 @@ class CrossEntropy:
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         pred, target = align_tokens(pred, target, self.shift_labels)
+        try:
+            return self._loss(pred, target)
+        except (IndexError, RuntimeError) as exc:  # only on failure: no check costs a step
+            raise _explain_targets(pred, target, self.ignore_index) or exc from exc
+
+    def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.from_logits is not False:
             return F.cross_entropy(pred, target, ignore_index=self.ignore_index)
         p = pred.float()
@@ -120,6 +126,31 @@ def align_tokens(
     if shift_labels:
         pred, target = pred[:, :-1], target[:, 1:]
     return pred.reshape(-1, pred.shape[-1]), target.reshape(-1)
+
+
+def _explain_targets(pred: torch.Tensor, target: torch.Tensor, ignore: int) -> ValueError | None:
+    """A clear error for the usual target mistakes of a classification loss, or None."""
+    classes = pred.shape[1] if pred.ndim > 1 else 1
+    if target.is_floating_point() and target.shape != pred.shape:
+        return ValueError(
+            f"cross_entropy takes integer class labels, but the targets are {target.dtype} of "
+            f"shape {tuple(target.shape)}: convert them (y.astype('int64') / y.long()), or use "
+            "binary_cross_entropy for one 0/1 output or mse for regression."
+        )
+    real = target[target != ignore] if not target.is_floating_point() else target[:0]
+    if real.numel():
+        low, high = int(real.min()), int(real.max())
+        if high >= classes:
+            return ValueError(
+                f"A target label is {high}, but the model has {classes} outputs, so labels must "
+                f"be 0..{classes - 1}: give the last layer {high + 1} units (Dense({high + 1})) "
+                "or check the labels."
+            )
+        if low < 0:
+            return ValueError(
+                f"A target label is {low}: labels must be 0..{classes - 1} (or {ignore}, ignored)."
+            )
+    return None
 
 
 def _elementwise(fn: Callable) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -96,3 +96,25 @@ def test_cross_entropy_on_probabilities_rescales_rows_as_keras_does():
     assert float(loss(scores, target)) == pytest.approx(
         float(loss(scores / scores.sum(1, keepdim=True), target))
     )
+
+
+@pytest.mark.parametrize(
+    "target, match",
+    [
+        (torch.tensor([0, 8]), "A target label is 8, but the model has 3 outputs.*Dense\\(9\\)"),
+        (torch.tensor([0.0, 1.0]), "integer class labels, but the targets are torch.float32"),
+    ],
+)
+def test_cross_entropy_explains_bad_targets(target, match):
+    with pytest.raises(ValueError, match=match):
+        losses.get("cross_entropy")(torch.randn(2, 3), target)
+
+
+def test_a_label_beyond_the_outputs_is_explained_in_fit():
+    model = ember.Sequential([layers.Input((4,)), layers.Dense(3)])
+    model.compile("adam", "cross_entropy")
+    x, y = torch.randn(8, 4).numpy(), torch.full((8,), 8).numpy()
+    with pytest.raises(ValueError, match="labels must be 0..2"):
+        model.fit(
+            x, y, verbose=False, logger=False, enable_checkpointing=False, enable_report=False
+        )
