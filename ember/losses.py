@@ -60,7 +60,10 @@ class CrossEntropy:
         try:
             return self._loss(pred, target)
         except (IndexError, RuntimeError) as exc:  # only on failure: no check costs a step
-            raise _explain_targets(pred, target, self.ignore_index) or exc from exc
+            explained = _explain_targets(pred, target, self.ignore_index)
+            if explained is None:
+                raise
+            raise explained from exc
 
     def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.from_logits is not False:
