@@ -69,10 +69,12 @@ class Program:
         if cfg is not None:
             out.update(
                 optimizer=_name(cfg.optimizer),
-                loss=steps.describe_loss(cfg),
+                loss=_name(cfg.loss) if cfg.loss is not None else "the model's own",
                 lr=cfg.lr,
                 metrics=",".join(_name(m) for m in cfg.metrics),
             )
+            if hasattr(cfg.loss_fn, "from_logits"):  # which the cross-entropy read (see the log)
+                out["from_logits"] = cfg.loss_fn.from_logits
         return out
 
 
