@@ -1,6 +1,6 @@
 """ember: build, train, watch, scale, export and serve PyTorch models in one package."""
 
-from ember import layers
+from ember import layers, losses, metrics
 from ember.data import load_digits
 from ember.model import Model, Sequential
 from ember.train import (
@@ -36,6 +36,8 @@ __all__ = [
     "layers",
     "load",
     "load_digits",
+    "losses",
+    "metrics",
     "save",
 ]
 

@@ -116,10 +116,43 @@ class Model(nn.Module):
         loader = _data.make_loader(x, y, batch_size=batch_size)
         return _quiet_trainer(self).validate(self, loader)
 
-    def predict(self, x: Any, *, batch_size: int = 32) -> np.ndarray:
-        """The model's outputs for `x`, as a numpy array."""
+    def predict(self, x: Any, *, batch_size: int = 32, activation: str | None = None) -> np.ndarray:
+        """The model's raw outputs for `x` as a numpy array (logits for a logits head).
+
+        Args:
+            x: inputs (numpy arrays, tensors, a Dataset or a DataLoader).
+            batch_size: samples per batch.
+            activation: None (the outputs as they are), "softmax" (over the last dim) or
+                "sigmoid" to turn logits into probabilities; see also `predict_proba`.
+        """
+        if activation not in _PREDICT_ACTIVATIONS:
+            raise ValueError(
+                f"Unknown activation {activation!r} for predict. Choose one of: None, "
+                f"{', '.join(a for a in _PREDICT_ACTIVATIONS if a)}."
+            )
         loader = _data.make_loader(x, batch_size=batch_size)
-        return _quiet_trainer(self).predict(self, loader).numpy()
+        out = _quiet_trainer(self).predict(self, loader)
+        if activation == "softmax":
+            out = out.softmax(dim=-1)
+        elif activation == "sigmoid":
+            out = out.sigmoid()
+        return out.numpy()
+
+    def predict_proba(self, x: Any, *, batch_size: int = 32) -> np.ndarray:
+        """Probabilities for `x`: softmax of logits (sigmoid for one output); outputs of a model
+        that ends in a sigmoid or softmax (or compiled with `from_logits=False`) as they are."""
+        cfg = getattr(self, "_ember_compile", None)
+        if cfg is not None:
+            logits = cfg.from_logits
+        else:
+            from ember.losses import infer_from_logits
+
+            logits = infer_from_logits(self)[0]
+        out = self.predict(x, batch_size=batch_size)
+        if not logits:
+            return out
+        t = torch.from_numpy(out)
+        return (t.sigmoid() if t.ndim == 1 or t.shape[-1] == 1 else t.softmax(dim=-1)).numpy()
 
     def summary(self, input_shape: Iterable[int] | None = None, print_fn: Any = print) -> str:
         """Print (and return) a table of layers, output shapes and parameter counts."""
@@ -213,6 +246,9 @@ class Sequential(Model):
                 raise ValueError(f"Unknown layer class {spec['class']!r} in the model config.")
             built.append(layer_cls(**spec["config"]))
         return cls(built)
+
+
+_PREDICT_ACTIVATIONS = (None, "softmax", "sigmoid")
 
 
 def _fit_data(x: Any, y: Any, validation_split: float | None, validation_data: Any):
