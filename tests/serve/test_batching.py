@@ -126,7 +126,8 @@ def test_concurrent_http_requests_are_batched_with_unchanged_results(server):
     xs = [rng.standard_normal((1 + i % 3, 4)).astype(np.float32) for i in range(24)]
 
     async def fire() -> list:
-        async with httpx.AsyncClient(base_url=server.url) as client:
+        # 24 connections at once: a generous timeout, so a loaded CI machine is not a failure.
+        async with httpx.AsyncClient(base_url=server.url, timeout=60.0) as client:
             bodies = [
                 {
                     "inputs": [
