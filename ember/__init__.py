@@ -42,10 +42,14 @@ __all__ = [
 
 def __getattr__(name: str):
     # save / load / export live in modules that other parts import lazily; resolve on first use.
-    if name in ("save", "load"):
+    if name == "save":
         from ember import package
 
-        return getattr(package, name)
+        return package.save
+    if name == "load":  # a Model back (predict, evaluate, fit), over ember.package.load
+        from ember.loading import load
+
+        return load
     if name == "export":
         import ember.export  # a callable module: ember.export(pkg, ["onnx"]) and ember.export.TARGETS
 

@@ -169,7 +169,7 @@ def materialize(module: torch.nn.Module, loader: Any, device: torch.device) -> N
         was_training = module.training
         module.eval()
         x = example_input(loader, device)
-        module(*x) if isinstance(x, tuple) else module(x)
+        module(**x) if isinstance(x, dict) else module(*x) if isinstance(x, tuple) else module(x)
         module.train(was_training)
 
 

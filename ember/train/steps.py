@@ -127,7 +127,21 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
 
 
 def _forward(module: nn.Module, x: Any) -> torch.Tensor:
+    if isinstance(x, dict):  # named inputs: model(image=..., meta=...)
+        return module(**x)
     return module(*x) if isinstance(x, tuple) else module(x)
+
+
+def _loss(cfg: CompileConfig, pred: torch.Tensor, y: Any) -> torch.Tensor:
+    try:
+        return cfg.loss_fn(pred, y)
+    except (IndexError, RuntimeError) as exc:  # wrong labels: say which and how to fix them
+        from ember.data.checks import explain_loss_error
+
+        better = explain_loss_error(exc, pred, y)
+        if better is None:
+            raise
+        raise better from exc
 
 
 def _require_config(module: nn.Module) -> CompileConfig:
@@ -183,7 +197,7 @@ def _train_step(module: nn.Module, cfg: CompileConfig, batch: Any) -> dict[str, 
     if y is None:
         raise ValueError("The training data has no targets: pass `y` or a Dataset yielding (x, y).")
     pred = _forward(module, x)
-    loss = cfg.loss_fn(pred, y)
+    loss = _loss(cfg, pred, y)
     if cfg.metrics:
         _update_metrics(cfg, "train", pred, y)
     return {"loss": loss}
@@ -196,7 +210,7 @@ def default_validation_step(module: nn.Module, batch: Any) -> dict[str, torch.Te
     pred = _forward(module, x)
     if y is None:
         return {}
-    loss = cfg.loss_fn(pred, y)
+    loss = _loss(cfg, pred, y)
     if cfg.metrics:
         _update_metrics(cfg, "val", pred, y)
     return {"loss": loss}
