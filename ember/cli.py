@@ -104,7 +104,11 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--target", help="the CSV column to predict")
     p.add_argument("--model", help="module:function returning your nn.Module (default: built in)")
     p.add_argument(
-        "--image-size", type=_positive_int, nargs=2, default=(64, 64), metavar=("H", "W"),
+        "--image-size",
+        type=_positive_int,
+        nargs=2,
+        default=(64, 64),
+        metavar=("H", "W"),
         help="resize images to H W (default 64 64)",
     )
     _training_options(p)

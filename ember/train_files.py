@@ -107,9 +107,13 @@ def train_files(
         )
     torch.manual_seed(seed)
     net = _build(model, prepared)
-    loss, metrics = ("cross_entropy", ["accuracy"]) if prepared["task"] == "classification" else (
-        "mse",
-        ["mae"],
+    loss, metrics = (
+        ("cross_entropy", ["accuracy"])
+        if prepared["task"] == "classification"
+        else (
+            "mse",
+            ["mae"],
+        )
     )
     net.compile("adamw", loss, metrics, lr=lr)
     output = Path(output)
@@ -146,7 +150,9 @@ def train_files(
 
 def _table(path: Path, target: str | None, validation_split: float, seed: int) -> dict:
     if path.suffix.lower() != ".csv":
-        raise ValueError(f"{path} is not a .csv file: ember train reads CSV files or image folders.")
+        raise ValueError(
+            f"{path} is not a .csv file: ember train reads CSV files or image folders."
+        )
     if target is None:
         import pandas as pd
 
@@ -194,9 +200,7 @@ def _build(spec: str | None, prepared: dict) -> Model:
     encoder = prepared["encoder"]
     if spec is None:
         if encoder is not None:
-            return default_table_model(
-                prepared["input_shape"][0], prepared["num_outputs"], encoder
-            )
+            return default_table_model(prepared["input_shape"][0], prepared["num_outputs"], encoder)
         return default_image_model(prepared["input_shape"], prepared["num_outputs"])
     # The user's network sees what the encoder makes of a table row (its encoded width).
     width = (encoder.output_size,) if encoder is not None else prepared["input_shape"]

@@ -48,7 +48,9 @@ def as_tensor(a: Any, name: str) -> torch.Tensor:
     if isinstance(a, np.ndarray):
         if a.dtype == object:
             a = _from_object_array(a, name)
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        if not (a.flags.writeable and a.flags.c_contiguous):  # pandas hands out read-only views
+            a = a.copy(order="C")  # (np.ascontiguousarray would turn a 0-d array into 1-d)
+        t = torch.from_numpy(a)
         # Keras users pass float64 numpy arrays; torch layers expect float32.
         return t.float() if t.dtype == torch.float64 else t
     raise TypeError(
@@ -82,7 +84,8 @@ class InputsDataset(Dataset):
             lengths["y"] = len(self.y)
         if len(set(lengths.values())) > 1:
             raise ValueError(
-                f"Every input and `y` must have the same number of samples. Received: {lengths}"
+                "Every input and `y` must have the same number of samples. Received: "
+                + ", ".join(f"len({k})={n}" for k, n in lengths.items())
             )
         self._length = next(iter(lengths.values()), 0)
 

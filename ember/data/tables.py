@@ -106,8 +106,8 @@ def from_dataframe(
         frame: the table.
         target: the column to predict; None for inputs only.
         features: the input columns; default every column but the target.
-        categorical: the columns to one-hot encode; default the non-numeric ones (text, bool,
-            category dtype).
+        categorical: numeric columns to one-hot encode too (codes, small integers); the
+            non-numeric ones (text, bool, category dtype) always are.
         task: "classification" or "regression"; default classification for a text, bool or
             integer target with at most 20 distinct values, else regression.
 
@@ -133,8 +133,8 @@ def from_dataframe(
         raise ValueError(
             f"Unknown or no feature columns {unknown}. Columns: {', '.join(map(str, frame.columns))}"
         )
-    if categorical is None:
-        categorical = [c for c in names if not _is_numeric(frame[c])]
+    # Text columns are always categorical; `categorical` adds numeric ones (codes, small ints).
+    categorical = [c for c in names if c in (categorical or []) or not _is_numeric(frame[c])]
     columns = [_column_spec(frame[c], str(c), c in categorical) for c in names]
     x = _encode(frame, columns)
     if target is None:
