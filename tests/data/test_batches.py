@@ -80,3 +80,19 @@ def test_peek_leaves_the_batch_for_the_epoch():
 def test_steps_per_epoch_must_be_positive():
     with pytest.raises(ValueError, match="steps_per_epoch.*Received: steps_per_epoch=0"):
         BatchStream(iter([]), steps=0)
+
+
+def test_trainer_fit_on_a_raw_generator_loses_no_batch(blobs):
+    x, y = blobs
+    seen = []
+    model = _model()
+    trainer = ember.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_report=False,
+    )
+    gen = ((x[i : i + 20], y[i : i + 20]) for i in range(0, 120, 20) if not seen.append(i))
+    trainer.fit(model, gen)
+    assert trainer.global_step == 6  # every batch trained on, the first included
