@@ -141,7 +141,7 @@ class Model(nn.Module):
         """
         from ember import package
 
-        sample = _to_device(getattr(self, "_fit_sample", None), _device_of(self))
+        sample = getattr(self, "_fit_sample", None)  # CPU tensors, as the model is saved on CPU
         if sample is not None:
             kwargs.setdefault("sample_inputs", sample)
         if example_input is None and self._input_shape() is not None:
@@ -154,7 +154,12 @@ class Model(nn.Module):
                 "(it keeps a sample of its data), pass one batch, model.save(path, "
                 "example_input=x[:1]), or start the model with layers.Input(shape)."
             )
-        return package.save(self, path, example_input=example_input, **kwargs)
+        device = _device_of(self)
+        self.cpu()  # trace and store on the CPU, where every export target starts from
+        try:
+            return package.save(self, path, example_input=example_input, **kwargs)
+        finally:
+            self.to(device)
 
     def get_weights(self) -> list[np.ndarray]:
         """Every weight and buffer (`state_dict` order) as numpy arrays, as Keras' `get_weights`.
@@ -315,10 +320,6 @@ def _map_tensors(x: Any, fn: Any) -> Any:
 
 def _device_of(module: nn.Module) -> torch.device:
     return next((p.device for p in module.parameters()), torch.device("cpu"))
-
-
-def _to_device(x: Any, device: torch.device) -> Any:
-    return None if x is None else _map_tensors(x, lambda t: t.to(device))
 
 
 def _quiet_trainer(model: Model):

@@ -298,9 +298,16 @@ def _ragged_message(rows: Any, name: str) -> str:
 
 
 def _path_message(path: Any, name: str) -> str:
+    text = str(path)
+    csv = f"ember.data.from_csv({text!r}, target='label') for a CSV file"
+    images = f"ember.data.image_dataset_from_directory({text!r}) for a folder of class sub-folders"
+    if text.lower().endswith(".csv"):
+        loaders = csv
+    elif os.path.isdir(text) or text.endswith(("/", os.sep)):
+        loaders = images
+    else:
+        loaders = f"{csv}, {images}"
     return (
-        f"`{name}` is a file path ({str(path)!r}); fit, evaluate and predict take data, not files. "
-        f"Load it first: ember.data.from_csv({str(path)!r}, target='label') for a CSV file, "
-        f"ember.data.image_dataset_from_directory({str(path)!r}) for a folder of images (one "
-        f"sub-folder per class), or run `ember train {path}`."
+        f"`{name}` is a file path ({text!r}); fit, evaluate and predict take data, not files. "
+        f"Load it first: {loaders}; or run `ember train {text}`."
     )

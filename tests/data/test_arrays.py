@@ -22,9 +22,16 @@ def test_load_digits_still_imports_from_ember_data():
     assert x.shape[1] == 64 and y.dtype == np.int64
 
 
-@pytest.mark.parametrize("path", ["data.csv", "images/"])
-def test_a_file_path_passed_to_fit_names_the_loaders(path, blobs, quiet):
-    with pytest.raises(TypeError, match=r"file path .*from_csv.*image_dataset_from_directory"):
+@pytest.mark.parametrize(
+    ("path", "loader"),
+    [
+        ("data.csv", r"from_csv\('data.csv'"),
+        ("images/", "image_dataset_from_directory"),
+        ("x.bin", "from_csv.*image_dataset"),
+    ],
+)
+def test_a_file_path_passed_to_fit_names_the_loader(path, loader, quiet):
+    with pytest.raises(TypeError, match=rf"file path .*{loader}.*ember train"):
         _mlp().fit(path, **quiet)
 
 

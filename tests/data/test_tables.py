@@ -106,3 +106,16 @@ def test_a_csv_trains_and_its_package_applies_the_same_preprocessing(tmp_path, q
     np.testing.assert_allclose(restored.predict(table.x), model.predict(table.x), atol=1e-5)
     stored = restored.manifest["preprocessing"]
     assert stored["columns"] == table.columns and "vocabulary" in stored["input"]
+
+
+def test_the_onnx_export_applies_the_table_preprocessing(tmp_path, quiet):
+    pytest.importorskip("onnxruntime")
+    table = from_dataframe(_houses(), target="label")
+    table.x[0, 0], table.x[1, 1] = np.nan, -1.0  # a missing area and an unknown city, kept in
+    model = ember.Sequential(
+        [layers.Input((table.num_features,)), table.encoder(), layers.Dense(2)]
+    )
+    model.compile("adam", "cross_entropy", ["accuracy"])
+    model.fit(table.x, table.y, epochs=1, **quiet)
+    figures = ember.export(model.save(tmp_path / "pkg", task="classification"), ["onnx"])
+    assert figures["onnx"]["max_abs_diff"] < 1e-4  # the stored sample holds both
