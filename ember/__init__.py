@@ -1,6 +1,6 @@
 """ember: build, train, watch, scale, export and serve PyTorch models in one package."""
 
-from ember import layers
+from ember import data, layers
 from ember.data import load_digits
 from ember.model import Model, Sequential
 from ember.train import (
@@ -32,6 +32,7 @@ __all__ = [
     "Trainer",
     "__version__",
     "compile",
+    "data",
     "export",
     "layers",
     "load",

@@ -119,3 +119,28 @@ def test_the_onnx_export_applies_the_table_preprocessing(tmp_path, quiet):
     model.fit(table.x, table.y, epochs=1, **quiet)
     figures = ember.export(model.save(tmp_path / "pkg", task="classification"), ["onnx"])
     assert figures["onnx"]["max_abs_diff"] < 1e-4  # the stored sample holds both
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_the_server_applies_the_table_preprocessing(runtime, tmp_path, quiet):
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    pytest.importorskip("onnxruntime")
+    from ember.serve.runtime import load_version
+
+    table = from_dataframe(_houses(), target="label")
+    model = ember.Sequential(
+        [layers.Input((table.num_features,)), table.encoder(), layers.Dense(2)]
+    )
+    model.compile("adam", "cross_entropy", ["accuracy"])
+    model.fit(table.x, table.y, epochs=1, **quiet)
+    package = model.save(tmp_path / "pkg", task="classification", labels=table.labels)
+    if runtime == "onnxruntime":
+        ember.export(package, ["onnx"])
+    # A client sends raw numbers and each category's index in the stored vocabulary.
+    rows = table.encode({"area": [120.0, 50.0], "city": ["Paris", "Marseille"], "rooms": [4, 2]})
+    with ThreadPoolExecutor(1) as pool:
+        version = load_version("houses", 1, package, pool, runtime=runtime)
+        served = asyncio.run(version.infer({"input": rows}))["output"]
+    np.testing.assert_allclose(served, model.predict(rows), atol=1e-4)
