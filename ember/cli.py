@@ -103,6 +103,9 @@ def _add_train(sub: Any) -> None:
     )
     p.add_argument("data", nargs="?", type=Path, help="a .csv file or an image folder")
     p.add_argument("--target", help="the CSV column to predict")
+    p.add_argument(
+        "--task", choices=("classification", "regression"), help="default: guessed from the target"
+    )
     p.add_argument("--model", help="module:function returning your nn.Module (default: built in)")
     p.add_argument(
         "--image-size",
@@ -141,6 +144,7 @@ def _train_files(args: argparse.Namespace) -> dict:
     return train_files(
         args.data,
         target=args.target,
+        task=args.task,
         model=args.model,
         image_size=tuple(args.image_size),
         epochs=args.epochs,

@@ -22,12 +22,25 @@ __all__ = ["default_image_model", "default_table_model", "train_files"]
 log = logging.getLogger(__name__)
 
 
-def default_table_model(num_features: int, num_outputs: int, encoder: nn.Module) -> Sequential:
+def default_table_model(
+    num_features: int,
+    num_outputs: int,
+    encoder: nn.Module,
+    target_scale: tuple[float, float] | None = None,
+) -> Sequential:
     """An MLP over a table: the encoder (standardise, one-hot), two hidden layers, the output.
+
+    Args:
+        num_features: input columns.
+        num_outputs: classes, or 1 for regression.
+        encoder: the table's `TableEncoder`.
+        target_scale: `(mean, std)` of a regression target: the network predicts the
+            standardised target and a last `Rescaling` brings it back to the target's units.
 
     Example:
         >>> model = default_table_model(table.num_features, table.num_outputs, table.encoder())
     """
+    tail = [] if target_scale is None else [layers.Rescaling(target_scale[1], target_scale[0])]
     return Sequential(
         [
             layers.Input((num_features,)),
@@ -35,6 +48,7 @@ def default_table_model(num_features: int, num_outputs: int, encoder: nn.Module)
             layers.Dense(64, activation="relu"),
             layers.Dense(32, activation="relu"),
             layers.Dense(num_outputs),
+            *tail,
         ]
     )
 
@@ -62,6 +76,7 @@ def train_files(
     data: str | Path,
     *,
     target: str | None = None,
+    task: str | None = None,
     model: str | None = None,
     image_size: tuple[int, int] = (64, 64),
     validation_split: float = 0.2,
@@ -81,6 +96,8 @@ def train_files(
     Args:
         data: a `.csv` file or an image folder.
         target: the CSV column to predict (required for a CSV file).
+        task: "classification" or "regression" for a CSV target; default guessed (see
+            `ember.data.from_dataframe`).
         model: "module:function" returning your `nn.Module`; it may take `input_shape`,
             `num_outputs` and `task` keyword arguments. Default: an MLP or a small CNN.
         image_size: `(height, width)` images are resized to.
@@ -99,7 +116,7 @@ def train_files(
     if data.is_dir():
         prepared = _images(data, image_size, validation_split, seed)
     elif data.is_file():
-        prepared = _table(data, target, validation_split, seed)
+        prepared = _table(data, target, task, validation_split, seed)
     else:
         raise FileNotFoundError(
             f"{data} does not exist: pass a .csv file (with --target COLUMN) or a folder of images "
@@ -148,7 +165,9 @@ def train_files(
     }
 
 
-def _table(path: Path, target: str | None, validation_split: float, seed: int) -> dict:
+def _table(
+    path: Path, target: str | None, task: str | None, validation_split: float, seed: int
+) -> dict:
     if path.suffix.lower() != ".csv":
         raise ValueError(
             f"{path} is not a .csv file: ember train reads CSV files or image folders."
@@ -158,21 +177,28 @@ def _table(path: Path, target: str | None, validation_split: float, seed: int) -
 
         columns = ", ".join(map(str, pd.read_csv(path, nrows=0).columns))
         raise ValueError(f"Name the column to predict: --target COLUMN (columns: {columns})")
-    table = from_csv(path, target=target)
+    table = from_csv(path, target=target, task=task)
     order = np.random.default_rng(seed).permutation(len(table.x))
     n_val = max(1, int(round(len(order) * validation_split)))
     val, train = order[:n_val], order[n_val:]
+    # (N, 1) regression targets, as the Dense(1) output: the "mae" metric compares shapes as they are.
+    y = table.y.reshape(-1, 1) if table.task == "regression" else table.y
     return {
         "name": path.stem,
         "task": table.task,
         "labels": table.labels,
         "preprocessing": table.preprocessing,
-        "train": _pairs(table.x[train], table.y[train]),
-        "val": _pairs(table.x[val], table.y[val]),
+        "train": _pairs(table.x[train], y[train]),
+        "val": _pairs(table.x[val], y[val]),
         "input_shape": (table.num_features,),
         "num_outputs": table.num_outputs,
         "encoder": table.encoder(),
+        "target_scale": _mean_std(y[train]) if table.task == "regression" else None,
     }
+
+
+def _mean_std(y: np.ndarray) -> tuple[float, float]:
+    return float(y.mean()), float(y.std()) or 1.0
 
 
 def _images(folder: Path, image_size: tuple, validation_split: float, seed: int) -> dict:
@@ -200,7 +226,8 @@ def _build(spec: str | None, prepared: dict) -> Model:
     encoder = prepared["encoder"]
     if spec is None:
         if encoder is not None:
-            return default_table_model(prepared["input_shape"][0], prepared["num_outputs"], encoder)
+            shape, outputs = prepared["input_shape"], prepared["num_outputs"]
+            return default_table_model(shape[0], outputs, encoder, prepared["target_scale"])
         return default_image_model(prepared["input_shape"], prepared["num_outputs"])
     # The user's network sees what the encoder makes of a table row (its encoded width).
     width = (encoder.output_size,) if encoder is not None else prepared["input_shape"]

@@ -87,3 +87,22 @@ def test_train_on_files_errors_name_the_fix(argv, message, tmp_path, capsys):
     import re
 
     assert re.search(message, err), err
+
+
+def test_train_a_regression_target_in_its_own_units(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(
+        {"rooms": rng.integers(1, 6, 200), "city": rng.choice(["Lyon", "Paris"], 200)}
+    )
+    df["price"] = 100_000 * df.rooms + np.where(df.city == "Paris", 200_000, 0)  # large units
+    df.to_csv(tmp_path / "prices.csv", index=False)  # integers with few values: say --task
+    argv = ["train", str(tmp_path / "prices.csv"), "--target", "price", "--task", "regression"]
+    argv += ["--epochs", "10"]
+    assert main([*argv, "--no-progress", "--lr", "0.01", "--output", str(tmp_path / "out")]) == 0
+    manifest = json.loads((tmp_path / "out" / "model" / "ember.json").read_text())
+    assert manifest["task"] == "regression"
+    # The network predicts the standardised price and a last Rescaling layer restores its units.
+    assert manifest["architecture"]["layers"][-1]["class"] == "Rescaling"
+    assert manifest["metrics"]["val_mae"] < 0.5 * df.price.std()
+    model = ember.load(tmp_path / "out" / "model")
+    assert isinstance(model, ember.Sequential)

@@ -1,4 +1,4 @@
-"""TableEncoder: a table's preprocessing (standardise numbers, one-hot categories) inside the model."""
+"""Preprocessing inside the model: TableEncoder (standardise numbers, one-hot categories), Rescaling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from ember.layers.base import Layer, _invalid
 
-__all__ = ["TableEncoder"]
+__all__ = ["Rescaling", "TableEncoder"]
 
 _KINDS = ("numeric", "categorical")
 
@@ -83,6 +83,34 @@ class TableEncoder(Layer):
 
     def extra_repr(self) -> str:
         return f"numeric={len(self.mean)}, categorical={len(self._categorical)}"
+
+
+class Rescaling(Layer):
+    """`x * scale + offset`, as Keras' `Rescaling`: e.g. pixels / 255, or a regression output
+    brought back to the target's scale (`scale=std, offset=mean`).
+
+    Args:
+        scale: the factor.
+        offset: added after scaling.
+
+    Example:
+        >>> Rescaling(1 / 255)(torch.tensor([255.0]))
+        tensor([1.])
+    """
+
+    def __init__(self, scale: float, offset: float = 0.0) -> None:
+        super().__init__()
+        for name, value in (("scale", scale), ("offset", offset)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise _invalid(name, "a number", value)
+        self.scale = float(scale)
+        self.offset = float(offset)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.offset
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:g}, offset={self.offset:g}"
 
 
 def _check_column(i: int, col: dict) -> None:

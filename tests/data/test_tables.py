@@ -144,3 +144,10 @@ def test_the_server_applies_the_table_preprocessing(runtime, tmp_path, quiet):
         version = load_version("houses", 1, package, pool, runtime=runtime)
         served = asyncio.run(version.infer({"input": rows}))["output"]
     np.testing.assert_allclose(served, model.predict(rows), atol=1e-4)
+
+
+def test_rescaling_scales_then_offsets_like_keras():
+    torch.testing.assert_close(layers.Rescaling(2.0, 1.0)(torch.tensor([3.0])), torch.tensor([7.0]))
+    assert layers.Rescaling(0.5).get_config() == {"scale": 0.5, "offset": 0.0}
+    with pytest.raises(ValueError, match="`scale`.*Received: scale='x'"):
+        layers.Rescaling("x")
