@@ -154,6 +154,8 @@ class Model(nn.Module):
                 "(it keeps a sample of its data), pass one batch, model.save(path, "
                 "example_input=x[:1]), or start the model with layers.Input(shape)."
             )
+        if isinstance(example_input, torch.Tensor):
+            example_input = example_input.cpu()
         device = _device_of(self)
         self.cpu()  # trace and store on the CPU, where every export target starts from
         try:
