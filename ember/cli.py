@@ -96,11 +96,28 @@ def _add_train(sub: Any) -> None:
         sub,
         "train",
         _cmd_train,
-        help="train the built-in digits CNN",
-        description="Train a small CNN on scikit-learn's bundled 8x8 digits (no download). Writes "
-        "TensorBoard logs and checkpoints to OUTPUT/runs and the model package to OUTPUT/model.",
+        help="train on a CSV file, an image folder, or the built-in digits",
+        description="Train a default model (or --model module:function) on DATA: a CSV file "
+        "(--target COLUMN) or a folder of images with one sub-folder per class. Without DATA, a "
+        "small CNN on scikit-learn's bundled 8x8 digits (no download). Writes TensorBoard logs, "
+        "the report and checkpoints to OUTPUT/runs and the model package to OUTPUT/model.",
+    )
+    p.add_argument("data", nargs="?", type=Path, help="a .csv file or an image folder")
+    p.add_argument("--target", help="the CSV column to predict")
+    p.add_argument(
+        "--task", choices=("classification", "regression"), help="default: guessed from the target"
+    )
+    p.add_argument("--model", help="module:function returning your nn.Module (default: built in)")
+    p.add_argument(
+        "--image-size",
+        type=_positive_int,
+        nargs=2,
+        default=(64, 64),
+        metavar=("H", "W"),
+        help="resize images to H W (default 64 64)",
     )
     _training_options(p)
+    p.set_defaults(output=None)  # ember_output for DATA, demo_output for the digits
 
 
 def _train(args: argparse.Namespace) -> dict:
@@ -121,15 +138,46 @@ def _train(args: argparse.Namespace) -> dict:
     )
 
 
+def _train_files(args: argparse.Namespace) -> dict:
+    from ember.train_files import train_files
+
+    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    return train_files(
+        args.data,
+        target=args.target,
+        task=args.task,
+        model=args.model,
+        image_size=tuple(args.image_size),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        output=args.output or Path("ember_output"),
+        seed=args.seed,
+        progress=not args.no_progress,
+        precision=args.precision,
+        devices=devices,
+        strategy=args.strategy,
+        num_nodes=args.num_nodes,
+    )
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    result = _train(args)
+    if args.data is None:
+        args.output = args.output or Path("demo_output")
+    result = _train_files(args) if args.data is not None else _train(args)
     if result["package"] is None:
         return 0  # a non-zero rank of a distributed run
     console = _console()
-    console.print(f"test accuracy: [bold]{result['test_accuracy']:.4f}[/]")
+    if args.data is not None:
+        scores = ", ".join(f"{k}={v:.4f}" for k, v in result["metrics"].items())
+        console.print(f"validation: [bold]{scores}[/]")
+    else:
+        console.print(f"test accuracy: [bold]{result['test_accuracy']:.4f}[/]")
     console.print(
         f"TensorBoard logs: {result['log_dir']}  (tensorboard --logdir {result['log_dir'].parent})"
     )
+    if (result["log_dir"] / "report.html").exists():
+        console.print(f"report: {result['log_dir'] / 'report.html'}")
     console.print(f"model package: {result['package']}")
     return 0
 

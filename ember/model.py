@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from ember.layers import auto_names, check_call, materialize
 from ember.train import steps
 
 __all__ = ["Model", "Sequential"]
+
+log = logging.getLogger(__name__)
 
 
 class Model(nn.Module):
@@ -70,13 +73,17 @@ class Model(nn.Module):
         verbose: bool = True,
         class_weight: dict | None = None,
         sample_weight: Any = None,
+        steps_per_epoch: int | None = None,
+        validation_steps: int | None = None,
         **trainer_kwargs: Any,
     ):
-        """Train on arrays, tensors, a Dataset or a DataLoader; returns a History.
+        """Train on arrays, tensors, a Dataset, a DataLoader or a generator; returns a History.
 
         Args:
-            x, y: inputs and targets (numpy arrays or tensors), or `x` a Dataset / DataLoader.
-            batch_size: samples per batch (ignored for a DataLoader).
+            x, y: inputs and targets (numpy arrays or tensors; a dict or tuple of them for a model
+                with several inputs), or `x` a Dataset, a DataLoader, a generator or any iterable
+                yielding `(x, y)` batches.
+            batch_size: samples per batch (ignored for a DataLoader or a generator).
             epochs: number of epochs.
             validation_split: fraction of the training data held out for validation (the last
                 samples, as in Keras).
@@ -88,13 +95,23 @@ class Model(nn.Module):
                 its class's weight (classes not named weigh 1), e.g. {0: 1.0, 1: 10.0}.
             sample_weight: one weight per sample of `x` (array or tensor); each sample's training
                 loss is multiplied by it. Validation values stay unweighted.
+            steps_per_epoch: batches per epoch taken from a generator (Keras' habit: a generator
+                that loops forever and `steps_per_epoch=N`); default the whole iterable.
+            validation_steps: the same for a validation generator.
             **trainer_kwargs: any `ember.Trainer` argument (precision, seed, logger, ...).
         """
         train, val = _fit_data(x, y, validation_split, validation_data)
         if sample_weight is not None:
             train = _with_sample_weight(train, x, y, sample_weight)
-        train_loader = _data.make_loader(train, batch_size=batch_size, shuffle=shuffle)
-        val_loader = _data.make_loader(val, batch_size=batch_size) if val is not None else None
+        train_loader = _data.make_loader(
+            train, batch_size=batch_size, shuffle=shuffle, steps=steps_per_epoch
+        )
+        val_loader = (
+            _data.make_loader(val, batch_size=batch_size, steps=validation_steps)
+            if val is not None
+            else None
+        )
+        self._fit_sample = _sample_inputs(train_loader)  # lets save() trace without example_input
         from ember.train.trainer import Trainer
 
         trainer_kwargs.setdefault("enable_progress_bar", verbose)
@@ -167,12 +184,69 @@ class Model(nn.Module):
         return None
 
     def save(self, path: str | Path, example_input: Any = None, **kwargs: Any) -> Path:
-        """Write a model package (see `ember.save`)."""
+        """Write a model package (see `ember.save`).
+
+        Without `example_input`, the model is traced on the `Input` layer's shape or on the
+        sample of inputs the last `fit` kept (up to 64 rows of its training data, also stored as
+        the package's parity sample unless `sample_inputs` is given).
+        """
         from ember import package
 
+        sample = getattr(self, "_fit_sample", None)  # CPU tensors, as the model is saved on CPU
+        if sample is not None:
+            kwargs.setdefault("sample_inputs", sample)
         if example_input is None and self._input_shape() is not None:
             example_input = torch.zeros((1, *self._input_shape()))
-        return package.save(self, path, example_input=example_input, **kwargs)
+        if example_input is None:
+            example_input = sample
+        if example_input is None:
+            raise ValueError(
+                f"save() needs an example input to trace {type(self).__name__}: call fit() first "
+                "(it keeps a sample of its data), pass one batch, model.save(path, "
+                "example_input=x[:1]), or start the model with layers.Input(shape)."
+            )
+        if isinstance(example_input, torch.Tensor):
+            example_input = example_input.cpu()
+        device = _device_of(self)
+        self.cpu()  # trace and store on the CPU, where every export target starts from
+        try:
+            return package.save(self, path, example_input=example_input, **kwargs)
+        finally:
+            self.to(device)
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Every weight and buffer (`state_dict` order) as numpy arrays, as Keras' `get_weights`.
+
+        Example:
+            >>> other.set_weights(model.get_weights())
+        """
+        from torch.nn.parameter import is_lazy
+
+        state = self.state_dict()
+        if any(is_lazy(t) for t in state.values()):
+            raise ValueError(
+                f"{type(self).__name__} is not built yet: its lazy layers get their shapes from the "
+                "first input. Call the model (or fit) once, or start it with layers.Input(shape)."
+            )
+        return [t.detach().cpu().numpy().copy() for t in state.values()]
+
+    def set_weights(self, weights: list[Any]) -> None:
+        """Load arrays in `get_weights()` order (same count and shapes), as Keras' `set_weights`."""
+        state = self.state_dict()
+        if len(weights) != len(state):
+            raise ValueError(
+                f"set_weights expected {len(state)} arrays (get_weights() order), "
+                f"received {len(weights)}."
+            )
+        new = {}
+        for (key, old), w in zip(state.items(), weights):
+            t = _data.as_tensor(w, key)
+            if tuple(t.shape) != tuple(old.shape):
+                raise ValueError(
+                    f"set_weights: {key} has shape {tuple(old.shape)}, received {tuple(t.shape)}."
+                )
+            new[key] = t.to(dtype=old.dtype)
+        self.load_state_dict(new)
 
 
 class Sequential(Model):
@@ -217,6 +291,8 @@ class Sequential(Model):
             materialize(self, self.layers[0].example(batch_size=2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, np.ndarray):  # model(x_numpy) works as predict(x_numpy) does
+            x = _data.as_tensor(x, "x").to(_device_of(self))
         # Errors name the layer and the shapes (check_call raises a ValueError saying which).
         for name, layer in zip(self._names, self.layers):
             x = check_call(name, layer, x)
@@ -257,10 +333,10 @@ def _fit_data(x: Any, y: Any, validation_split: float | None, validation_data: A
     if validation_split is not None and validation_data is not None:
         raise ValueError("Pass either `validation_split` or `validation_data`, not both.")
     if validation_split is not None:
-        if isinstance(x, torch.utils.data.DataLoader):
+        if isinstance(x, torch.utils.data.DataLoader) or _data.is_batch_iterable(x):
             raise ValueError(
-                "`validation_split` needs arrays, tensors or a Dataset; for a DataLoader pass "
-                "`validation_data`."
+                "`validation_split` needs arrays, tensors or a Dataset; for a DataLoader or a "
+                "generator pass `validation_data`."
             )
         return _data.split_dataset(_data.as_dataset(x, y), validation_split)
     train = x if y is None else _data.as_dataset(x, y)
@@ -289,6 +365,37 @@ def _with_sample_weight(train: Any, x: Any, y: Any, sample_weight: Any) -> Any:
     if isinstance(train, torch.utils.data.Subset):  # validation_split kept the first samples
         weights = weights[list(train.indices)]
     return WeightedDataset(train, weights)
+
+
+def _sample_inputs(loader: Any, rows: int = 64) -> Any:
+    """Up to `rows` inputs from the training data, without consuming any of it (None if unknown)."""
+    try:
+        if isinstance(loader, _data.BatchStream):
+            batch = loader.peek()
+        elif isinstance(loader, torch.utils.data.DataLoader) and loader.batch_size is not None:
+            items = [loader.dataset[i] for i in range(min(rows, len(loader.dataset)))]
+            batch = loader.collate_fn(items)
+        else:
+            return None
+        x, _ = steps.split_batch(batch)
+    except Exception as exc:  # a sample is a convenience for save(); never fail a fit for it
+        log.debug("No sample of the training inputs kept: %s", exc)
+        return None
+    return _map_tensors(x, lambda t: t[:rows].detach().cpu())
+
+
+def _map_tensors(x: Any, fn: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return fn(x)
+    if isinstance(x, dict):
+        return {k: _map_tensors(v, fn) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return tuple(_map_tensors(v, fn) for v in x)
+    return x
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
 def _quiet_trainer(model: Model):

@@ -195,9 +195,21 @@ def split_batch(batch: Any, target_key: str | None = None) -> tuple[Any, Any]:
 
 
 def _forward(module: nn.Module, x: Any) -> Any:
-    if isinstance(x, dict):
+    if isinstance(x, dict):  # named inputs: model(image=..., meta=...)
         return module(**x)
     return module(*x) if isinstance(x, tuple) else module(x)
+
+
+def _loss(cfg: CompileConfig, pred: torch.Tensor, y: Any) -> torch.Tensor:
+    try:
+        return cfg.loss_fn(pred, y)
+    except (IndexError, RuntimeError) as exc:  # wrong labels: say which and how to fix them
+        from ember.data.checks import explain_loss_error
+
+        better = explain_loss_error(exc, pred, y)
+        if better is None:
+            raise
+        raise better from exc
 
 
 def _require_config(module: nn.Module) -> CompileConfig:
@@ -330,7 +342,7 @@ def _forward_and_loss(
                 "takes one tensor: return a tensor or a dict with 'logits', or override "
                 "train_step / validation_step to compute the loss of several outputs."
             )
-        return pred, cfg.loss_fn(pred, y)
+        return pred, _loss(cfg, pred, y)
     # The model's own loss (Hugging Face): it gets the targets as `labels`.
     out = module(**x, labels=y) if isinstance(x, dict) else _forward(module, x)
     if not isinstance(out, dict) or out.get("loss") is None:
