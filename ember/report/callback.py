@@ -117,7 +117,7 @@ class ReportCallback(Callback):
 class StepLosses:
     """The training loss per optimizer step, in at most `limit` points.
 
-    Losses stay on their device and are read in batches of 256 (one sync each). When `limit`
+    Losses on an accelerator stay there and are read 256 at a time (one sync each). When `limit`
     points are held, neighbours are averaged in pairs and each later point averages twice as many
     steps (`every`): a long run keeps its whole curve at a bounded size.
 
@@ -140,13 +140,14 @@ class StepLosses:
         self.step: list[int] = []
         self.loss: list[float] = []
         self._pending_steps: list[int] = []
-        self._pending: list[torch.Tensor] = []
+        self._pending: list = []  # floats (CPU) or detached scalar tensors (accelerators)
         self._sum, self._count = 0.0, 0  # the bucket being filled (`every` steps a point)
 
     def add(self, step: int, loss: torch.Tensor) -> None:
-        """Record the loss of optimizer step `step` (a scalar tensor, not read yet)."""
+        """Record the loss of optimizer step `step` (a scalar tensor)."""
         self._pending_steps.append(step)
-        self._pending.append(loss.detach())
+        # On the CPU a read is free (~1 us); an accelerator's losses wait to be read together.
+        self._pending.append(loss.item() if loss.is_cpu else loss.detach())
         if len(self._pending) >= _FLUSH_EVERY:
             self._flush()
 
@@ -158,7 +159,9 @@ class StepLosses:
     def _flush(self) -> None:
         if not self._pending:
             return
-        values = torch.stack(self._pending).float().cpu().tolist()
+        values = self._pending
+        if isinstance(values[0], torch.Tensor):
+            values = torch.stack(values).float().cpu().tolist()
         for step, value in zip(self._pending_steps, values):
             self._sum += value
             self._count += 1
