@@ -84,7 +84,11 @@ def render_report(
     """
     title = "ember report: " + ", ".join(r.name for r in runs)
     body = [f"<h1>{_e(title)}</h1>", _overview(runs, status), _environment(runs), _tests(runs)]
-    body.append('<div id="ember-charts"></div>')
+    body.append(
+        '<div id="ember-charts"><noscript><p>The charts are drawn by the page\'s script: allow '
+        "JavaScript to see them (their data is in the ember-report-data JSON below).</p>"
+        "</noscript></div>"
+    )
     for run in runs:
         if run.confusion:
             body.append(_confusion_section(run, named=len(runs) > 1))
