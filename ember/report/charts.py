@@ -180,8 +180,9 @@ def norm_charts(run, *, with_name: bool = False) -> list[dict[str, Any]]:
             )
             for i, (layer, values) in enumerate(layers.items())
         ]
-        out.append(_chart(_slug(f"norm-{kind}-{run.name}"), title, "epoch", "L2 norm", series))
-        out[-1]["log_y"] = _all_positive(series)
+        chart_id = f"norm-{kind}-{run.name}"
+        log_y = _all_positive(series)
+        out.append(_chart(chart_id, title, "epoch", "L2 norm", series, log_y=log_y))
     return out
 
 
