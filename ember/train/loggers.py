@@ -200,7 +200,11 @@ class TensorBoardLogger(Logger):
         try:
             with warnings.catch_warnings():  # the trace is only drawn: shape checks are harmless
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                self._writer.add_graph(model, example_input)
+                # Traced once per model and input shape, without add_graph's second checking
+                # trace: a later fit of the same model reuses it.
+                from ember.train.model_graph import model_graph
+
+                self._writer.file_writer.add_graph(model_graph(model, example_input))
         except Exception as exc:  # tracing fails for some models; the run must go on
             log.warning("TensorBoard graph not written: the model could not be traced (%s).", exc)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "make_loggers",
     "nan_message",
     "seed_run",
+    "set_deterministic",
     "trainer_hparams",
 ]
 
@@ -176,7 +178,27 @@ def seed_run(trainer: Trainer, ckpt: Any) -> None:
     from ember.train.rng import seed_everything
 
     seed_everything(trainer.seed)
-    torch.use_deterministic_algorithms(trainer.deterministic, warn_only=False)
+    set_deterministic(trainer.deterministic)
+
+
+def set_deterministic(mode: bool) -> None:
+    """`torch.use_deterministic_algorithms(mode)`, skipped when torch is already in that mode.
+
+    torch's function imports `torch._inductor.config` (sympy and more: ~1.5 s on a small CPU) to
+    set inductor's flag too. When the flag already holds `mode` and inductor's config is not
+    loaded (its default is False), there is nothing to change and nothing to import.
+
+    Example:
+        >>> set_deterministic(False); torch.are_deterministic_algorithms_enabled()
+        False
+    """
+    unchanged = (
+        torch.are_deterministic_algorithms_enabled() == mode
+        and not torch.is_deterministic_algorithms_warn_only_enabled()
+    )
+    if unchanged and (mode or "torch._inductor.config" not in sys.modules):
+        return
+    torch.use_deterministic_algorithms(mode, warn_only=False)
 
 
 def trainer_hparams(trainer: Trainer) -> dict[str, Any]:

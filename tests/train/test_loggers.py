@@ -1,4 +1,5 @@
 import csv
+import warnings
 
 import pytest
 import torch
@@ -332,3 +333,36 @@ def test_scalars_kept_for_flush_secs_are_written_when_fit_fails(tmp_path):
 def test_flush_secs_must_be_seconds(tmp_path, value):
     with pytest.raises(ValueError, match=rf"Received: flush_secs={value!r}"):
         TensorBoardLogger(tmp_path, flush_secs=value)
+
+
+def test_a_later_fit_of_the_same_model_reuses_its_traced_graph(tmp_path, monkeypatch):
+    from ember.train.model_graph import model_graph
+
+    traces = []
+    trace = torch.jit.trace
+
+    def counted(*args, **kwargs):
+        traces.append(kwargs)
+        return trace(*args, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "trace", counted)
+    model = _model()
+    train, val = _loaders()
+    graphs = []
+    for _ in range(2):
+        trainer = ember.Trainer(
+            max_epochs=1,
+            default_root_dir=tmp_path,
+            seed=0,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            enable_report=False,
+        )
+        trainer.fit(model, train, val)
+        graphs.append(_events(trainer.log_dir).Graph())
+    assert len(traces) == 1 and traces[0]["check_trace"] is False  # traced once, unchecked
+    assert graphs[0] == graphs[1] and "aten::linear" in {n.op for n in graphs[1].node}
+    with warnings.catch_warnings():  # the layers' shape checks: harmless in a drawn graph
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        model_graph(model, torch.zeros(2, 4))  # another input shape: traced again
+    assert len(traces) == 2
