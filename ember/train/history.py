@@ -121,7 +121,5 @@ def _pyplot() -> Any:
     try:
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError(
-            "Plotting needs matplotlib: pip install matplotlib (or pip install 'ember[report]')."
-        ) from None
+        raise ImportError("Plotting needs matplotlib: pip install matplotlib") from None
     return plt
