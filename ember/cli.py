@@ -250,6 +250,11 @@ def _add_serve(sub: Any) -> None:
     )
     p.add_argument("--grace-period", type=float, default=30.0, help="seconds to drain at shutdown")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument(
+        "--workers",
+        default="1",
+        help="server processes sharing the ports (default 1; auto = cores)",
+    )
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -275,6 +280,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         runtime=args.runtime,
         grace_period=args.grace_period,
         access_log=args.access_log,
+        workers=args.workers,
     )
 
 

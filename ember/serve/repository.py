@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ class ModelRepository(RepositorySync):
         metrics: a ``ServeMetrics`` to record batches and loaded models in, or None.
         drain_timeout: seconds an old version may take to finish its in-flight requests.
         threads: inference thread pool size (default: CPU count, at least 4).
+        retire_gate: ``await retire_gate(name, versions)`` before hot reload retires a version
+            that ``versions`` replace; a worker group waits there until every worker serves them.
 
     Example:
         >>> repo = ModelRepository(Path("models"), poll_interval=2.0)  # doctest: +SKIP
@@ -74,6 +77,7 @@ class ModelRepository(RepositorySync):
         metrics: Any = None,
         drain_timeout: float = 30.0,
         threads: int | None = None,
+        retire_gate: Callable[[str, list[int]], Awaitable[None]] | None = None,
     ) -> None:
         self.root = Path(root).expanduser().resolve()
         if not self.root.exists():
@@ -85,6 +89,7 @@ class ModelRepository(RepositorySync):
         self.batching = batching
         self.metrics = metrics
         self.drain_timeout = drain_timeout
+        self.retire_gate = retire_gate
         self._policy_override = {k: parse_policy(v, k) for k, v in (version_policy or {}).items()}
         self._single = self.root.is_file() or is_version_dir(self.root)
         self._models: dict[str, ModelRoutes] = {}

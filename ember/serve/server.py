@@ -41,6 +41,7 @@ def serve(
     runtime: str = "auto",
     grace_period: float = 30.0,
     access_log: bool = False,
+    workers: int | str = 1,
 ) -> int:
     """Serves a model repository until SIGTERM or SIGINT; returns the exit code (0).
 
@@ -65,6 +66,8 @@ def serve(
         grace_period: seconds in-flight requests get to finish at shutdown.
         access_log: log every request to the ``ember.serve.access`` logger (INFO); it costs about
             a tenth of the throughput of a tiny model, so it is off by default.
+        workers: server processes sharing the ports (``"auto"``: one per core); see
+            ``ember.serve.scale``. Each loads the whole repository.
 
     Returns:
         0 after a graceful shutdown.
@@ -72,7 +75,12 @@ def serve(
     Example:
         >>> serve("models", port=8080, grpc_port=8081)  # doctest: +SKIP
     """
-    options = {k: v for k, v in locals().items() if k not in ("path", "access_log")}
+    options = {k: v for k, v in locals().items() if k not in ("path", "access_log", "workers")}
+    from ember.serve.scale.workers import resolve_workers, serve_workers
+
+    count = resolve_workers(workers)
+    if count > 1:
+        return serve_workers(path, workers=count, access_log=access_log, **options)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("ember.serve.access").setLevel(
@@ -112,6 +120,7 @@ async def run(
     runtime: str = "auto",
     grace_period: float = 30.0,
     freeze_heap: bool = False,
+    member: Any = None,
 ) -> None:
     """Runs the server on the current loop until ``stop`` is set (the async core of ``serve``).
 
@@ -121,7 +130,9 @@ async def run(
     ``freeze_heap``: once the models are loaded, move every live object out of the garbage
     collector's reach (``gc.freeze``), so no full collection walks torch's and ONNX Runtime's
     objects mid-request (a 70 ms pause that set p99); ``serve`` turns it on, as it owns the
-    process. The other arguments are those of ``serve``.
+    process. ``member``: this process's ``ember.serve.scale.worker.GroupMember`` when it is one
+    worker of a group (ports shared, readiness, metrics and hot reload agreed with the others).
+    The other arguments are those of ``serve``.
     """
     from ember.serve.app import build_app
     from ember.serve.management import build_management_app, resolve_token
@@ -131,20 +142,25 @@ async def run(
     batching = BatchingConfig(max_batch_size, max_queue_delay_ms, adaptive_batching, target_p99_ms)
     metrics = ServeMetrics()
     repository = ModelRepository(
-        Path(path), poll_interval=poll_interval, runtime=runtime, batching=batching, metrics=metrics
-    )
+        Path(path), poll_interval=poll_interval, runtime=runtime, batching=batching, metrics=metrics,
+        retire_gate=member.retire_gate if member else None,
+    )  # fmt: skip
     app = build_app(repository, metrics=metrics, body_limit=body_limit)
+    if member is not None:
+        app = member.wrap_app(app, repository, metrics)
     info: dict[str, Any] = {"app": app, "repository": repository, "grpc": None,
                             "management": None, "token": None}  # fmt: skip
     servers: list[tuple[Any, socket.socket]] = []
-    rest_sock = _bind(host, port)
+    rest_sock = _bind(host, port, reuse_port=member is not None)
     servers.append((_uvicorn(app, grace_period), rest_sock))
     info["rest"] = _url(rest_sock)
     if management_port is not None:
         info["token"] = resolve_token(token, token_file)
         mgmt_sock = _bind(management_host, management_port)
-        servers.append((_uvicorn(build_management_app(repository, info["token"]), grace_period),
-                        mgmt_sock))  # fmt: skip
+        mgmt_app = build_management_app(repository, info["token"])
+        if member is not None:
+            mgmt_app = member.wrap_management(mgmt_app, repository, metrics, info["token"])
+        servers.append((_uvicorn(mgmt_app, grace_period), mgmt_sock))
         info["management"] = _url(mgmt_sock)
     grpc_server = None
     with _closing(servers):
@@ -152,7 +168,9 @@ async def run(
         if grpc_port is not None:
             from ember.serve.protocols.kserve_grpc import start_grpc_server
 
-            grpc_server = await start_grpc_server(repository, host, grpc_port)
+            grpc_server = await start_grpc_server(
+                repository, host, grpc_port, reuse_port=member is not None
+            )
             info["grpc"] = f"{host}:{grpc_port}"
         _announce(info, token_file, token is not None)
         if on_start is not None:
@@ -217,12 +235,14 @@ def _uvicorn(app: Any, grace_period: float) -> Any:
     return _Server(config)
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"Received an invalid port, expected 0..65535. Received: port={port!r}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # the workers of a group share the port; the kernel spreads connections
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
