@@ -151,7 +151,7 @@ async def run(
     info: dict[str, Any] = {"app": app, "repository": repository, "grpc": None,
                             "management": None, "token": None}  # fmt: skip
     servers: list[tuple[Any, socket.socket]] = []
-    rest_sock = _bind(host, port, reuse_port=member is not None)
+    rest_sock = member.rest_socket() if member is not None else _bind(host, port)
     servers.append((_uvicorn(app, grace_period), rest_sock))
     info["rest"] = _url(rest_sock)
     if management_port is not None:
@@ -235,14 +235,12 @@ def _uvicorn(app: Any, grace_period: float) -> Any:
     return _Server(config)
 
 
-def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+def _bind(host: str, port: int) -> socket.socket:
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"Received an invalid port, expected 0..65535. Received: port={port!r}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:  # the workers of a group share the port; the kernel spreads connections
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

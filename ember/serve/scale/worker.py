@@ -1,7 +1,8 @@
 """One worker process of an ``ember serve --workers N`` group (started by ``workers.py``).
 
-A worker is a whole ``ember serve`` (``server.run``) with the REST and gRPC ports shared with its
-siblings (``SO_REUSEPORT``) and its management API on a private loopback port. ``GroupMember``
+A worker is a whole ``ember serve`` (``server.run``) accepting from the REST socket its parent
+listens on (inherited), sharing the gRPC port with its siblings (``SO_REUSEPORT``), with its
+management API on a private loopback port. ``GroupMember``
 is what makes it one of a group:
 
 * ``/v2/health/ready`` answers ready only when every worker is (the parent writes ``ready`` in
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,16 +46,29 @@ class GroupMember:
         index: this worker's number, 0..N-1.
         token: the management token (also guards the private ``/_ember`` routes).
         gate_timeout: longest wait of ``retire_gate`` for the siblings (then it goes on).
+        rest_fd: the listening REST socket inherited from the parent.
     """
 
-    def __init__(self, state_dir: Path, index: int, token: str, gate_timeout: float = 120.0):
+    def __init__(
+        self,
+        state_dir: Path,
+        index: int,
+        token: str,
+        gate_timeout: float = 120.0,
+        rest_fd: int | None = None,
+    ) -> None:
         self.state_dir = Path(state_dir)
+        self.rest_fd = rest_fd
         self.index = index
         self.token = token
         self.gate_timeout = gate_timeout
         self._auth = {"Authorization": f"Bearer {token}"}
 
     # ------------------------------------------------------------------ hooks of server.run
+    def rest_socket(self) -> socket.socket:
+        """The REST socket the parent listens on and every worker accepts from."""
+        return socket.socket(fileno=self.rest_fd)
+
     def wrap_app(self, app: Any, repository: Any, metrics: Any) -> Any:
         """The inference app with group readiness and group metrics."""
         return _GroupApp(app, self, repository, metrics)
@@ -184,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ember.serve.access").setLevel(
         logging.INFO if config.pop("access_log") else logging.WARNING
     )
-    member = GroupMember(Path(config.pop("state_dir")), int(index), config["token"])
+    member = GroupMember(Path(config.pop("state_dir")), int(index), config["token"],
+                         rest_fd=config.pop("rest_fd"))  # fmt: skip
     parent = os.getppid()
 
     async def serve_until_stopped() -> None:

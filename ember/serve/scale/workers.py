@@ -1,7 +1,10 @@
 """``ember serve --workers N``: N server processes sharing the ports, kept alive by a parent.
 
-The parent loads no model. It reserves the REST and gRPC ports (bound, not listening, with
-``SO_REUSEPORT``: the kernel spreads new connections over the workers' listening sockets), starts
+The parent loads no model. It listens on the REST port and every worker accepts from that one
+socket (a pre-fork server: a busy worker accepts less, so load balances itself; ``SO_REUSEPORT``
+sockets, one per worker, spread connections by a hash and left one worker with 70 % of 32
+connections); it reserves the gRPC port (bound, not listening, ``SO_REUSEPORT``) for the workers'
+gRPC servers, which share it. It starts
 N ``python -m ember.serve.scale.worker`` processes, restarts one that dies (replaying the
 management changes the group received, so it comes back with the same routing), writes the
 group's ``ready`` file while every worker is ready, serves the management API by fanning each
@@ -109,7 +112,8 @@ class WorkerGroup:
 
         self.state_dir = Path(tempfile.mkdtemp(prefix="ember-workers-"))  # mode 0700
         opts = self._options
-        port = self._reserve(self.host, opts.get("port", 8080))
+        self._rest = self._listen(self.host, opts.get("port", 8080))
+        port = self._rest.getsockname()[1]
         self.urls["rest"] = f"http://{self.host}:{port}"
         grpc_port = opts.get("grpc_port", 8081)
         if grpc_port is not None:
@@ -117,6 +121,7 @@ class WorkerGroup:
             self.urls["grpc"] = f"{self.host}:{grpc_port}"
         self.token = resolve_token(opts.pop("token", None), opts.pop("token_file", None))
         config = {**opts, "port": port, "grpc_port": grpc_port, "token": self.token,
+                  "rest_fd": self._rest.fileno(),
                   "management_host": "127.0.0.1", "management_port": 0,
                   "state_dir": str(self.state_dir), "access_log": opts.get("access_log", False)}  # fmt: skip
         self.config_file = self.state_dir / "config.json"
@@ -134,21 +139,30 @@ class WorkerGroup:
             sock.close()
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
+    def _listen(self, host: str, port: int) -> socket.socket:
+        """The REST socket: the parent listens, every worker accepts (whichever is free first)."""
+        sock = self._socket(host, port, socket.SO_REUSEADDR)
+        sock.listen(2048)
+        return sock
+
     def _reserve(self, host: str, port: int) -> int:
-        """Binds (without listening) so port 0 resolves and nothing else takes the port."""
+        """Binds without listening, so port 0 resolves and the workers' gRPC servers share it."""
+        return self._socket(host, port, socket.SO_REUSEPORT).getsockname()[1]
+
+    def _socket(self, host: str, port: int, option: int) -> socket.socket:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(
                 f"Received an invalid port, expected 0..65535. Received: port={port!r}"
             )
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, option, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
             sock.close()
             raise OSError(f"Cannot listen on {host}:{port}: {exc.strerror}") from None
         self._reserved.append(sock)
-        return sock.getsockname()[1]
+        return sock
 
     # ------------------------------------------------------------------ running
     async def serve_forever(self, stop: asyncio.Event | None = None) -> None:
@@ -199,7 +213,9 @@ class WorkerGroup:
         cmd = [sys.executable, "-m", "ember.serve.scale.worker", str(self.config_file), str(index)]
         (self.state_dir / f"worker-{index}.json").unlink(missing_ok=True)
         self.members.pop(index, None)
-        self.procs[index] = subprocess.Popen(cmd, env=os.environ.copy())
+        self.procs[index] = subprocess.Popen(
+            cmd, env=os.environ.copy(), pass_fds=[self._rest.fileno()]
+        )
         logger.info("Started worker %d (pid %d)", index, self.procs[index].pid)
 
     async def _supervise(self) -> None:
