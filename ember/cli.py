@@ -255,6 +255,13 @@ def _add_serve(sub: Any) -> None:
         default="1",
         help="server processes sharing the ports (default 1; auto = cores)",
     )
+    p.add_argument(
+        "--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+        help="run as a Ray Serve application on the cluster at ADDRESS (none: the local one); "
+        "--port is the HTTP proxy's, --grpc-port the gRPC proxy's",
+    )  # fmt: skip
+    p.add_argument("--min-replicas", type=_positive_int, default=1, help="Ray: fewest replicas")
+    p.add_argument("--max-replicas", type=_positive_int, default=2, help="Ray: most replicas")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -264,6 +271,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{args.path} does not exist: pass a model repository, a package or a .onnx file."
         )
+    if args.ray is not None:
+        return _serve_ray(args)
     return serve(
         args.path,
         host=args.host,
@@ -282,6 +291,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         workers=args.workers,
     )
+
+
+def _serve_ray(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from ray import serve as ray_serve
+
+    from ember.serve.scale.ray_serve import deploy
+
+    deploy(args.path, address=args.ray or None, host=args.host, port=args.port,
+           grpc_port=None if args.no_grpc else args.grpc_port, min_replicas=args.min_replicas,
+           max_replicas=args.max_replicas, poll_interval=args.poll_interval,
+           max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
+           runtime=args.runtime, body_limit=args.body_limit)  # fmt: skip
+    _console().print(f"ember on Ray Serve: http://{args.host}:{args.port} (Ctrl-C removes it)")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    ray_serve.delete("ember")
+    return 0
 
 
 # -- report ---------------------------------------------------------------------------------------
