@@ -310,7 +310,8 @@ def _serve_ray(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    while not stop.wait(0.5):  # a timed wait lets the main thread run the signal handler
+        pass
     ray_serve.delete("ember")
     return 0
 

@@ -11,7 +11,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -35,7 +34,10 @@ def _free_port() -> int:
 
 def _ray(*args: str, env: dict) -> None:
     ray_cli = str(Path(sys.executable).with_name("ray"))
-    subprocess.run([ray_cli, *args], env=env, check=True, capture_output=True, timeout=180)
+    done = subprocess.run([ray_cli, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (
+        f"ray {args[0]} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +45,17 @@ def cluster(template_repo, tmp_path_factory):
     """A head node and a second node with its own custom resource, one CPU each."""
     repo = Path(shutil.copytree(template_repo, tmp_path_factory.mktemp("ray") / "models"))
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Unix socket paths are limited
+    # RAY_AUTH_MODE: Ray turns token auth on when ~/.ray/auth_token exists (a local ray.init
+    # writes one); this throwaway cluster on 127.0.0.1 runs without.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}  # fmt: skip
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RAY_AUTH_MODE", "disabled")  # for this process's ray.init
     gcs = _free_port()
-    _ray("start", "--head", f"--port={gcs}", "--num-cpus=1", '--resources={"head_node": 1}',
-         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
-         "--node-ip-address=127.0.0.1", env=env)  # fmt: skip
     try:
+        _ray("start", "--head", f"--port={gcs}", "--num-cpus=1", '--resources={"head_node": 1}',
+             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
+             "--node-ip-address=127.0.0.1", env=env)  # fmt: skip
         _ray("start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1",
              '--resources={"second_node": 1}', "--node-ip-address=127.0.0.1", env=env)  # fmt: skip
         ray.init(address=f"127.0.0.1:{gcs}", log_to_driver=False,
@@ -66,6 +72,7 @@ def cluster(template_repo, tmp_path_factory):
         finally:
             _ray("stop", "--force", env=env)
             shutil.rmtree(temp, ignore_errors=True)
+            patch.undo()
 
 
 def _deploy(cluster, **kwargs) -> None:
@@ -149,18 +156,21 @@ def test_hot_reload_reaches_every_replica(deployed):
 
 
 @pytest.mark.e2e
-def test_killing_a_replica_loses_no_request(deployed):
-    results: list = []
+def test_killing_a_replica_loses_only_its_in_flight_requests(deployed):
+    """Ray Serve does not resend a request whose replica died while running it (it may not be
+    idempotent): those answer 500. Every request sent after the kill must be answered."""
+    results: list[tuple[float, float, object]] = []  # (sent, answered, status)
     stop = threading.Event()
 
     def client() -> None:
         with httpx.Client(timeout=60) as c:
             while not stop.is_set():
+                sent = time.monotonic()
                 try:
-                    r = c.post(deployed["url"] + "/v2/models/mlp/infer", json=BODY)
-                    results.append(r.status_code)
+                    status = c.post(deployed["url"] + "/v2/models/mlp/infer", json=BODY).status_code
                 except httpx.HTTPError as exc:
-                    results.append(type(exc).__name__)
+                    status = type(exc).__name__
+                results.append((sent, time.monotonic(), status))
 
     replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
                 if a["name"].startswith("SERVE_REPLICA::ember#")]  # fmt: skip
@@ -171,6 +181,7 @@ def test_killing_a_replica_loses_no_request(deployed):
     try:
         time.sleep(1.0)
         before = len(results)
+        killed = time.monotonic()
         ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]))
         deadline = time.monotonic() + 120
         while len(results) < before + 200:  # requests keep being answered after the kill
@@ -180,7 +191,10 @@ def test_killing_a_replica_loses_no_request(deployed):
         stop.set()
         for t in threads:
             t.join(60)
-    assert Counter(results) == Counter({200: len(results)})
+    failed = [(sent, status) for sent, _, status in results if status != 200]
+    assert len(failed) <= len(threads)  # at most one in flight per client
+    assert all(sent < killed and status == 500 for sent, status in failed), failed
+    assert all(status == 200 for sent, _, status in results if sent > killed)
 
 
 @pytest.mark.e2e
