@@ -297,19 +297,21 @@ def _serve_ray(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    import ray
     from ray import serve as ray_serve
 
     from ember.serve.scale.ray_serve import deploy
 
-    deploy(args.path, address=args.ray or None, host=args.host, port=args.port,
+    ray.init(address=args.ray or None, log_to_driver=False)
+    stop = threading.Event()  # handlers after ray.init (it sets its own), before the deployment
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    deploy(args.path, host=args.host, port=args.port,
            grpc_port=None if args.no_grpc else args.grpc_port, min_replicas=args.min_replicas,
            max_replicas=args.max_replicas, poll_interval=args.poll_interval,
            max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
            runtime=args.runtime, body_limit=args.body_limit)  # fmt: skip
     _console().print(f"ember on Ray Serve: http://{args.host}:{args.port} (Ctrl-C removes it)")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(0.5):  # a timed wait lets the main thread run the signal handler
         pass
     ray_serve.delete("ember")

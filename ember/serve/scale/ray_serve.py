@@ -208,7 +208,8 @@ def deploy(
     app_name: str = "ember",
     **kwargs: Any,
 ) -> None:
-    """Connects to a Ray cluster (``address``; None starts a local one) and runs the application.
+    """Connects to a Ray cluster (``address``; None: the local one, or a new one; already
+    connected: that one) and runs the application.
 
     Ray Serve's HTTP proxy listens on ``host:port`` (every route of the ember app under ``/``)
     and its gRPC proxy on ``grpc_port`` (KServe v2 ``inference.GRPCInferenceService``).
@@ -218,7 +219,8 @@ def deploy(
     """
     import ray
 
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    if not ray.is_initialized():  # ray.init would replace the caller's SIGTERM handler
+        ray.init(address=address, log_to_driver=False)
     grpc_options = None
     if grpc_port is not None:
         grpc_options = {"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]}
