@@ -145,6 +145,7 @@ def application(
     min_replicas: int = 1,
     max_replicas: int = 2,
     target_ongoing_requests: float = 16.0,
+    max_ongoing_requests: int = 64,
     max_replicas_per_node: int | None = None,
     num_cpus: float = 1.0,
     resources: dict[str, float] | None = None,
@@ -160,6 +161,8 @@ def application(
         max_replicas: most replicas.
         target_ongoing_requests: Ray Serve adds replicas above this many in-flight requests
             per replica and removes them below it.
+        max_ongoing_requests: requests one replica takes at once (Ray's default, 5, leaves
+            ember's dynamic batching nothing to merge and queues the rest in Ray's proxy).
         max_replicas_per_node: spread replicas: at most this many on one node.
         num_cpus: CPUs each replica reserves.
         resources: custom Ray resources each replica needs (``{"gpu_node": 1}``).
@@ -190,6 +193,7 @@ def application(
             "max_replicas": max_replicas,
             "target_ongoing_requests": target_ongoing_requests,
         },
+        max_ongoing_requests=max_ongoing_requests,
         max_replicas_per_node=max_replicas_per_node,
         ray_actor_options={"num_cpus": num_cpus, "resources": dict(resources or {})},
         user_config={"routing": routing or {}},
