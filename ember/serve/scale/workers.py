@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -108,9 +109,18 @@ class WorkerGroup:
 
     # ------------------------------------------------------------------ set-up and tear-down
     def __enter__(self) -> WorkerGroup:
+        self.state_dir = Path(tempfile.mkdtemp(prefix="ember-workers-"))  # mode 0700
+        try:
+            self._prepare()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _prepare(self) -> None:
+        """Binds the ports, resolves the token and writes the workers' config file."""
         from ember.serve.management import resolve_token
 
-        self.state_dir = Path(tempfile.mkdtemp(prefix="ember-workers-"))  # mode 0700
         opts = self._options
         self._rest = self._listen(self.host, opts.get("port", 8080))
         port = self._rest.getsockname()[1]
@@ -119,7 +129,11 @@ class WorkerGroup:
         if grpc_port is not None:
             grpc_port = self._reserve(self.host, grpc_port)
             self.urls["grpc"] = f"{self.host}:{grpc_port}"
-        self.token = resolve_token(opts.pop("token", None), opts.pop("token_file", None))
+        token, token_file = opts.pop("token", None), opts.pop("token_file", None)
+        if self._management[1] is None:  # only the group's own calls use it: nothing to write
+            self.token = token or secrets.token_urlsafe(32)
+        else:
+            self.token = resolve_token(token, token_file)
         config = {**opts, "port": port, "grpc_port": grpc_port, "token": self.token,
                   "rest_fd": self._rest.fileno(),
                   "management_host": "127.0.0.1", "management_port": 0,
@@ -128,7 +142,6 @@ class WorkerGroup:
         fd = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(config, f)
-        return self
 
     def __exit__(self, *exc: Any) -> None:
         for proc in self.procs:

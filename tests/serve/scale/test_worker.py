@@ -116,3 +116,28 @@ def test_auto_is_one_worker_per_core():
 
     assert resolve_workers("auto") == len(os.sched_getaffinity(0))
     assert resolve_workers(" 3") == 3
+
+
+def test_a_group_without_management_writes_no_token_file(template_repo, tmp_path):
+    from ember.serve.scale import WorkerGroup
+
+    token_file = tmp_path / "token"
+    with WorkerGroup(template_repo, workers=2, port=0, grpc_port=None, management_port=None,
+                     token_file=token_file) as group:  # fmt: skip
+        assert len(group.token) >= 32 and not token_file.exists()
+        config = json.loads(group.config_file.read_text())
+        assert (
+            config["token"] == group.token and oct(group.config_file.stat().st_mode)[-3:] == "600"
+        )
+    assert not group.state_dir.exists()
+
+
+def test_a_group_refuses_a_missing_repository_and_a_bad_port(tmp_path):
+    from ember.serve.scale import WorkerGroup
+
+    with pytest.raises(ValueError, match="does not exist"):
+        WorkerGroup(tmp_path / "missing", workers=2)
+    group = WorkerGroup(tmp_path, workers=2, port=-1)
+    with pytest.raises(ValueError, match="invalid port"), group:
+        pass
+    assert not group.state_dir.exists()  # cleaned up
