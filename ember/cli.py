@@ -335,6 +335,18 @@ def _add_serve(sub: Any) -> None:
         "--strict-readiness", action="store_true",
         help="ready only while every model serves (default: while at least one does)",
     )  # fmt: skip
+    p.add_argument(
+        "--workers",
+        default="1",
+        help="server processes sharing the ports (default 1; auto = cores)",
+    )
+    p.add_argument(
+        "--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+        help="run as a Ray Serve application on the cluster at ADDRESS (none: the local one); "
+        "--port is the HTTP proxy's, --grpc-port the gRPC proxy's",
+    )  # fmt: skip
+    p.add_argument("--min-replicas", type=_positive_int, default=1, help="Ray: fewest replicas")
+    p.add_argument("--max-replicas", type=_positive_int, default=2, help="Ray: most replicas")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -344,6 +356,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{args.path} does not exist: pass a model repository, a package or a .onnx file."
         )
+    if args.ray is not None:
+        return _serve_ray(args)
     grpc_port, management_port = serve_ports(args.port, args.grpc_port, args.management_port)
     logging.getLogger("ember.serve").setLevel(logging.INFO)  # where it listens, what it loaded
     return serve(
@@ -363,7 +377,34 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         grace_period=args.grace_period,
         access_log=args.access_log,
         strict_readiness=args.strict_readiness,
+        workers=args.workers,
     )
+
+
+def _serve_ray(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    import ray
+    from ray import serve as ray_serve
+
+    from ember.serve.scale.ray_serve import deploy
+
+    ray.init(address=args.ray or None, log_to_driver=False)
+    stop = threading.Event()  # handlers after ray.init (it sets its own), before the deployment
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    grpc_port, _ = serve_ports(args.port, args.grpc_port, args.management_port)
+    deploy(args.path, host=args.host, port=args.port,
+           grpc_port=None if args.no_grpc else grpc_port, min_replicas=args.min_replicas,
+           max_replicas=args.max_replicas, poll_interval=args.poll_interval,
+           max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
+           runtime=args.runtime, body_limit=args.body_limit)  # fmt: skip
+    _console().print(f"ember on Ray Serve: http://{args.host}:{args.port} (Ctrl-C removes it)")
+    while not stop.wait(0.5):  # a timed wait lets the main thread run the signal handler
+        pass
+    ray_serve.delete("ember")
+    return 0
 
 
 # -- report ---------------------------------------------------------------------------------------

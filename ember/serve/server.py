@@ -42,6 +42,7 @@ def serve(
     grace_period: float = 30.0,
     access_log: bool = False,
     strict_readiness: bool = False,
+    workers: int | str = 1,
 ) -> int:
     """Serves a model repository until SIGTERM or SIGINT; returns the exit code (0).
 
@@ -69,6 +70,8 @@ def serve(
         strict_readiness: ``/v2/health/ready`` answers 200 only while every model has a version
             serving (Triton's default); by default it does while at least one model serves, so
             one failed or pending model does not take a replica out of service.
+        workers: server processes sharing the ports (``"auto"``: one per core); see
+            ``ember.serve.scale``. Each loads the whole repository.
 
     Returns:
         0 after a graceful shutdown.
@@ -76,7 +79,12 @@ def serve(
     Example:
         >>> serve("models", port=8080, grpc_port=8081)  # doctest: +SKIP
     """
-    options = {k: v for k, v in locals().items() if k not in ("path", "access_log")}
+    options = {k: v for k, v in locals().items() if k not in ("path", "access_log", "workers")}
+    from ember.serve.scale.workers import resolve_workers, serve_workers
+
+    count = resolve_workers(workers)
+    if count > 1:
+        return serve_workers(path, workers=count, access_log=access_log, **options)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("ember.serve.access").setLevel(
@@ -117,6 +125,7 @@ async def run(
     grace_period: float = 30.0,
     freeze_heap: bool = False,
     strict_readiness: bool = False,
+    member: Any = None,
 ) -> None:
     """Runs the server on the current loop until ``stop`` is set (the async core of ``serve``).
 
@@ -126,7 +135,9 @@ async def run(
     ``freeze_heap``: once the models are loaded, move every live object out of the garbage
     collector's reach (``gc.freeze``), so no full collection walks torch's and ONNX Runtime's
     objects mid-request (a 70 ms pause that set p99); ``serve`` turns it on, as it owns the
-    process. The other arguments are those of ``serve``.
+    process. ``member``: this process's ``ember.serve.scale.worker.GroupMember`` when it is one
+    worker of a group (ports shared, readiness, metrics and hot reload agreed with the others).
+    The other arguments are those of ``serve``.
     """
     from ember.serve.app import build_app
     from ember.serve.management import build_management_app, resolve_token
@@ -138,19 +149,24 @@ async def run(
     repository = ModelRepository(
         Path(path), poll_interval=poll_interval, runtime=runtime, batching=batching,
         metrics=metrics, strict_readiness=strict_readiness,
+        retire_gate=member.retire_gate if member else None,
     )  # fmt: skip
     app = build_app(repository, metrics=metrics, body_limit=body_limit)
+    if member is not None:
+        app = member.wrap_app(app, repository, metrics)
     info: dict[str, Any] = {"app": app, "repository": repository, "grpc": None,
                             "management": None, "token": None}  # fmt: skip
     servers: list[tuple[Any, socket.socket]] = []
-    rest_sock = _bind(host, port)
+    rest_sock = member.rest_socket() if member is not None else _bind(host, port)
     servers.append((_uvicorn(app, grace_period), rest_sock))
     info["rest"] = _url(rest_sock)
     if management_port is not None:
         info["token"] = resolve_token(token, token_file)
         mgmt_sock = _bind(management_host, management_port)
-        servers.append((_uvicorn(build_management_app(repository, info["token"]), grace_period),
-                        mgmt_sock))  # fmt: skip
+        mgmt_app = build_management_app(repository, info["token"])
+        if member is not None:
+            mgmt_app = member.wrap_management(mgmt_app, repository, metrics, info["token"])
+        servers.append((_uvicorn(mgmt_app, grace_period), mgmt_sock))
         info["management"] = _url(mgmt_sock)
     grpc_server = None
     with _closing(servers):
@@ -159,7 +175,9 @@ async def run(
             from ember.serve.protocols.kserve_grpc import start_grpc_server
 
             grpc_port = grpc_port or _free_port(host)  # 0: a free port, known before binding
-            grpc_server = await start_grpc_server(repository, host, grpc_port)
+            grpc_server = await start_grpc_server(
+                repository, host, grpc_port, reuse_port=member is not None
+            )
             info["grpc"] = f"{host}:{grpc_port}"
         _announce(info, token_file, token is not None)
         if on_start is not None:

@@ -58,6 +58,7 @@ async def start_grpc_server(
     *,
     server_name: str = "ember",
     max_message_bytes: int = 64 * 1024 * 1024,
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
     """Start a KServe v2 gRPC server for ``repository`` on the running asyncio loop.
 
@@ -67,6 +68,7 @@ async def start_grpc_server(
         port: TCP port to listen on (8081 is the KServe/Triton convention next to REST on 8080).
         server_name: Name reported by ServerMetadata.
         max_message_bytes: Largest request or response message accepted (gRPC's default is 4 MiB).
+        reuse_port: share ``port`` with the other workers of a group (``SO_REUSEPORT``).
 
     Returns:
         The started ``grpc.aio.Server``; stop it with ``await server.stop(grace=5)``.
@@ -83,7 +85,7 @@ async def start_grpc_server(
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         # Without this a second server on a busy port starts fine and silently shares the traffic.
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
     server = grpc.aio.server(options=options)
     add_inference_service(server, repository, server_name=server_name)
