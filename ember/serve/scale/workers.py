@@ -32,6 +32,7 @@ __all__ = ["WorkerGroup", "resolve_workers", "serve_workers"]
 
 logger = logging.getLogger(__name__)
 
+_REPLAY_TRIES = 50  # checks a restarted worker gets to accept the group's management changes
 _READY = "ready"
 
 
@@ -262,19 +263,30 @@ class WorkerGroup:
         except OSError:
             return
         if status == 200 and json.loads(body)["ready"]:
-            await self._replay(member)
+            # A change the worker refuses (its model still loading) is retried at the next
+            # check; after _REPLAY_TRIES the worker serves without it (the warning says which).
+            member["replays"] = member.get("replays", 0) + 1
+            if not await self._replay(member) and member["replays"] < _REPLAY_TRIES:
+                return
             member["ready"] = True
             logger.info("Worker %d (pid %d) ready", index, member["pid"])
 
-    async def _replay(self, member: dict) -> None:
-        """Applies the management changes the group received to a (re)started worker."""
+    async def _replay(self, member: dict) -> bool:
+        """Applies the management changes the group received to a (re)started worker.
+
+        Returns:
+            Whether the worker accepted every change.
+        """
         from ember.serve.scale._http import fetch
 
+        accepted = True
         for method, path, body in self.journal:
             status, answer = await fetch(member["control"] + path, method, body, self.auth, 60.0)
             if status != 200:
+                accepted = False
                 logger.warning("Replaying %s %s on worker %d: %d %s", method, path,
                                member["index"], status, answer[:200])  # fmt: skip
+        return accepted
 
     @property
     def auth(self) -> dict[str, str]:
