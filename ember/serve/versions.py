@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ember.serve.errors import ServeError
+from ember.serve.errors import ServeError, brief
 
 __all__ = [
     "check_model_name",
@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _POLICIES = ("latest", "all", "specific")
 DEFAULT_POLICY = {"latest": {"num_versions": 1}}
+# ASCII digits only: str.isdigit() also takes "²", "٣" and "１", which int() refuses or misreads.
+_VERSION = re.compile(r"[0-9]{1,18}")
 
 # {name: {version: (path, fingerprint)}}
 Layout = dict[str, dict[int, tuple[Path, Any]]]
@@ -126,9 +128,11 @@ def parse_version(version: int | str) -> int:
         version = str(version)
     if isinstance(version, int) and version >= 0:
         return version
-    if isinstance(version, str) and version.isdigit() and len(version) < 19:
+    if isinstance(version, str) and _VERSION.fullmatch(version):
         return int(version)
-    raise ServeError(400, f"Invalid version {version!r}: expected a non-negative integer.")
+    raise ServeError(
+        400, f"Invalid version {brief(version)}: expected a non-negative integer in ASCII digits."
+    )
 
 
 def read_config(model_dir: Path, override: dict | None) -> tuple[dict, dict[str, int]]:

@@ -105,7 +105,7 @@ def test_outputs_selection_of_an_unknown_output_is_a_400(server):
         (b'{"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1,2,3,4]}]}',
          400, "Missing input 'input'"),
         (b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ["a","b","c","d"]}]}',
-         400, "does not fit datatype FP32"),
+         400, "FP32 data must be JSON numbers, received a string"),
         (b'{"inputs": [{"name": "input", "shape": "1,4", "datatype": "FP32", "data": [1]}]}',
          400, "'shape' must be a list"),
     ],
