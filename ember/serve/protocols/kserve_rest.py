@@ -24,6 +24,7 @@ from ember.serve.protocols import (
     parse_length,
     read_json,
     request_body,
+    respond,
 )
 from ember.serve.tensors import datatype_of, decode_binary, decode_tensor
 
@@ -54,7 +55,9 @@ def routes(ctx: Context) -> list[Route]:
         mv = repo.get(p["name"], p.get("version"))  # right before infer: drain sees us
         request.state.version = mv.version
         results = await mv.infer(inputs, [n for n, _ in outputs] or None)
-        return encode_infer_response(mv, request_id, results, outputs, binary_out)
+        return await respond(
+            results, lambda: encode_infer_response(mv, request_id, results, outputs, binary_out)
+        )
 
     @kserve
     async def live(request: Request) -> Response:

@@ -15,7 +15,14 @@ from starlette.routing import Route
 
 from ember.serve.bigjson import RawArray
 from ember.serve.errors import ServeError, brief
-from ember.serve.protocols import Context, JSONResponse, endpoint, read_json, request_body
+from ember.serve.protocols import (
+    Context,
+    JSONResponse,
+    endpoint,
+    read_json,
+    request_body,
+    respond,
+)
 from ember.serve.tensors import TensorSpec, values_array
 from ember.serve.versions import parse_version
 
@@ -48,22 +55,20 @@ def routes(ctx: Context) -> list[Route]:
             del payload  # what is left of the body text goes now, before inference
         if verb == "predict":
             outputs = await mv.infer(inputs)
-            return JSONResponse(_predict_answer(outputs, columnar))
+            return await respond(outputs, lambda: JSONResponse(_predict_answer(outputs, columnar)))
         if verb == "classify":
             if mv.task != "classification" and not mv.labels:
                 raise ServeError(
                     400, f"Model {mv.name!r} is not a classifier (task={mv.task!r}); use :predict."
                 )
             outputs = await mv.infer(inputs)
-            scores = softmax_scores(next(iter(outputs.values())))
-            labels = mv.labels or [str(i) for i in range(scores.shape[-1])]
-            return JSONResponse({"results": [list(zip(labels, row.tolist())) for row in scores]})
+            return await respond(outputs, lambda: _classify_answer(mv, outputs))
         outputs = await mv.infer(inputs)
         values = next(iter(outputs.values()))
         if values.size != values.shape[0]:
             raise ServeError(400, f"Model {mv.name!r} gives {values.shape[1:]} values per example; "
                              ":regress needs one. Use :predict.")  # fmt: skip
-        return JSONResponse({"results": values.reshape(-1)})
+        return await respond(outputs, lambda: JSONResponse({"results": values.reshape(-1)}))
 
     @endpoint(ctx, "tfserving")
     async def status(request: Request) -> Response:
@@ -165,6 +170,12 @@ def _decode_examples(payload: dict, specs: list[TensorSpec]) -> dict[str, np.nda
         rows = [next(iter(e.values())) for e in merged]
         return {specs[0].name: _array(specs[0].name, rows, specs)}
     return {s.name: _array(s.name, [_field(e, s.name) for e in merged], specs) for s in specs}
+
+
+def _classify_answer(mv: Any, outputs: dict[str, np.ndarray]) -> Response:
+    scores = softmax_scores(next(iter(outputs.values())))
+    labels = mv.labels or [str(i) for i in range(scores.shape[-1])]
+    return JSONResponse({"results": [list(zip(labels, row.tolist())) for row in scores]})
 
 
 def _predict_answer(outputs: dict[str, np.ndarray], columnar: bool) -> dict[str, Any]:

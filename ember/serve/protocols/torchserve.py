@@ -16,7 +16,14 @@ from starlette.routing import Route
 
 from ember.serve.bigjson import RawArray
 from ember.serve.errors import ServeError
-from ember.serve.protocols import Context, JSONResponse, endpoint, parse_json, request_body
+from ember.serve.protocols import (
+    Context,
+    JSONResponse,
+    endpoint,
+    parse_json,
+    request_body,
+    respond,
+)
 from ember.serve.protocols.tfserving import softmax_scores
 from ember.serve.tensors import values_array
 
@@ -42,9 +49,7 @@ def routes(ctx: Context) -> list[Route]:
             x, single = await body.decode(_decode, payload, mv.inputs[0])
             del payload  # what is left of the body text goes now, before inference
         outputs = await mv.infer({mv.inputs[0].name: x})
-        values = next(iter(outputs.values()))
-        answers = [_answer(mv, row) for row in (values if values.ndim else values[None])]
-        return JSONResponse(answers[0] if single else answers)
+        return await respond(outputs, lambda: _answers(mv, outputs, single))
 
     async def ping(request: Request) -> Response:
         ok = repo.ready
@@ -71,6 +76,15 @@ def _decode(payload: Any, spec: Any) -> tuple[np.ndarray, bool]:
     if x.ndim == len(spec.shape) - 1:
         return x[None], True  # one instance: add the batch dimension
     return x, False
+
+
+def _answers(mv: Any, outputs: dict[str, np.ndarray], single: bool) -> Response:
+    values = next(iter(outputs.values()))
+    values = values if values.ndim else values[None]
+    if mv.task != "classification" and not mv.labels:
+        return JSONResponse(values[0] if single else values)
+    answers = [_answer(mv, row) for row in values]
+    return JSONResponse(answers[0] if single else answers)
 
 
 def _answer(mv: Any, row: np.ndarray) -> Any:
