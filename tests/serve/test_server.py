@@ -124,3 +124,20 @@ def test_access_log_has_one_line_per_request(server, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "ember.serve.access"]
     assert any('"GET /v2/health/live" 200' in line for line in lines), lines
     assert any('"GET /v2/models/ghost" 404' in line for line in lines), lines
+
+
+def test_body_timeout_is_an_option_of_serve_and_the_cli(monkeypatch, tmp_path, capsys):
+    import ember.serve
+    from ember.cli import main
+
+    with pytest.raises(ValueError, match="`body_timeout` must be a positive number of seconds"):
+        build_app(object(), body_timeout=-1)
+    seen = {}
+    monkeypatch.setattr(ember.serve, "serve", lambda path, **options: seen.update(options) or 0)
+    assert main(["serve", str(tmp_path), "--body-timeout", "2.5"]) == 0
+    assert seen["body_timeout"] == 2.5
+    assert main(["serve", str(tmp_path), "--body-timeout", "0"]) == 0
+    assert seen["body_timeout"] is None  # 0: no limit
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "--body-timeout SECONDS" in capsys.readouterr().out
