@@ -67,7 +67,9 @@ def start_server(repo: Path, ember_path: Path, log: Path) -> tuple[subprocess.Po
     )
     env = {**os.environ, "PYTHONPATH": str(ember_path), "OMP_NUM_THREADS": "1"}
     out = open(log, "w")  # noqa: SIM115 - the server's log, kept open while it runs
-    proc = subprocess.Popen([sys.executable, "-c", code, str(repo)], stdout=out, stderr=out, env=env)
+    proc = subprocess.Popen(  # cwd: not this checkout, whose ember "-c" would import first
+        [sys.executable, "-c", code, str(repo)], stdout=out, stderr=out, env=env, cwd=log.parent
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         found = re.search(r"ready at (http://127\.0\.0\.1:\d+)/", log.read_text())
@@ -134,7 +136,9 @@ def post(url: str, path: str, body: bytes, results: list) -> None:
 
 def phase(url: str, path: str, body: bytes, clients: int) -> tuple[float, float, list]:
     results: list = []
-    threads = [threading.Thread(target=post, args=(url, path, body, results)) for _ in range(clients)]
+    threads = [
+        threading.Thread(target=post, args=(url, path, body, results)) for _ in range(clients)
+    ]
     start = time.monotonic()
     for t in threads:
         t.start()
@@ -182,21 +186,29 @@ def main() -> None:
 
     idle = [lat for t, lat in health if t < idle_end]
     idle_p50 = float(np.median(idle)) * 1000
-    print(f"ember from {args.ember}; {args.protocol} body {size:.1f} MiB; idle server {base:.0f} MiB")
-    print(f"health /v2/health/live idle: p50 {idle_p50:.1f} ms, max {max(idle) * 1000:.1f} ms")
+    print(
+        f"ember from {args.ember}; {args.protocol} body {size:.1f} MiB; idle server {base:.0f} MiB"
+    )
+    print(
+        f"health /v2/health/live idle: p50 {idle_p50:.1f} ms, "
+        f"p99 {np.percentile(idle, 99) * 1000:.1f} ms, max {max(idle) * 1000:.1f} ms"
+    )
     for (start, end, results), clients in zip(runs, (1, args.concurrent)):
         during = [lat for t, lat in health if start <= t <= end] or [0.0]
         worst = max(during) * 1000
         growth = sampler.peak(start, end) - base
         statuses = sorted({s for s, _ in results})
         slowest = max(d for _, d in results)
+        p99 = float(np.percentile(during, 99)) * 1000
         print(
             f"{clients} at once: answered {statuses} in {slowest:.2f} s | health during: "
-            f"p50 {np.median(during) * 1000:.1f} ms, max {worst:.1f} ms "
-            f"(x{worst / idle_p50:.0f} idle p50) | peak RSS growth {growth:.0f} MiB = "
-            f"{growth / size:.2f} x body, {growth / (size * clients):.2f} x all bodies"
+            f"{len(during)} probes, p50 {np.median(during) * 1000:.1f} ms, p99 {p99:.0f} ms, "
+            f"max {worst:.0f} ms | peak RSS growth {growth:.0f} MiB = {growth / size:.2f} x body, "
+            f"{growth / (size * clients):.2f} x all bodies"
         )
-    print(f"held 3 s after the last answer: {after - base:.0f} MiB = {(after - base) / size:.2f} x body")
+    print(
+        f"held 3 s after the last answer: {after - base:.0f} MiB = {(after - base) / size:.2f} x body"
+    )
 
 
 if __name__ == "__main__":

@@ -264,15 +264,17 @@ def _materialize(data: Any, dtype: np.dtype) -> Any:
 
 
 _NUMBERS = frozenset((int, float))
+_FLOATS = frozenset((int, float, type(None)))  # null is NaN, as NaN outputs are written
 
 
 def _check_numbers(name: str, datatype: str, data: Any) -> None:
-    """Refuses JSON strings, booleans and nulls where numbers are due (numpy would take "1.5"
-    and true as 1.5 and 1.0). ``map(type)`` keeps it at C speed per element."""
+    """Refuses JSON strings and booleans where numbers are due (numpy would take "1.5" and true
+    as 1.5 and 1.0), and nulls but in float data (NaN). ``map(type)`` keeps it at C speed."""
     if not isinstance(data, (list, tuple)):
         data = [data]
+    allowed = _FLOATS if datatype.startswith("FP") else _NUMBERS
     types = set(map(type, data))
-    if types <= _NUMBERS:
+    if types <= allowed:
         return
     for kind in (list, tuple):
         if kind in types:
@@ -280,7 +282,7 @@ def _check_numbers(name: str, datatype: str, data: Any) -> None:
                 if isinstance(item, (list, tuple)):
                     _check_numbers(name, datatype, item)
             types.discard(kind)
-    bad = next((t for t in types if t not in _NUMBERS), None)
+    bad = next((t for t in types if t not in allowed), None)
     if bad is not None:
         example = next(v for v in data if type(v) is bad)
         what = {bool: "a boolean", str: "a string", type(None): "null"}.get(bad, bad.__name__)

@@ -105,7 +105,7 @@ def _tensor(**fields) -> dict:
         (_tensor(shape=[2**31] * 3, data=[]), None, "too large"),
         (_tensor(data=[1.0, "2.0", 3.0, 4.0]), None, "FP32 data must be JSON numbers, received a string"),
         (_tensor(data=[1.0, True, 3.0, 4.0]), None, "FP32 data must be JSON numbers, received a boolean"),
-        (_tensor(data=[[1.0, 2.0], [None, 4.0]]), None, "received null"),
+        (_tensor(datatype="INT32", data=[[1, 2], [None, 4]]), None, "received null"),
         (_tensor(datatype="INT64", data=[1, 2, False, 4]), None, "INT64 data must be JSON numbers"),
     ],
 )  # fmt: skip
