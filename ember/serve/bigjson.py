@@ -188,19 +188,21 @@ def _string_end(view: memoryview, pos: int) -> int:
     return n
 
 
-def _substitute(node: Any, placeholders: dict[str, RawArray]) -> Any:
-    """Puts each ``RawArray`` where its placeholder string landed in the parsed skeleton."""
-    if isinstance(node, str):
-        return placeholders.get(node, node)
-    if isinstance(node, dict):
-        for key, item in node.items():
-            if isinstance(item, (str, dict, list)):
-                node[key] = _substitute(item, placeholders)
-    elif isinstance(node, list):
-        for index, item in enumerate(node):
-            if isinstance(item, (str, dict, list)):
-                node[index] = _substitute(item, placeholders)
-    return node
+def _substitute(root: Any, placeholders: dict[str, RawArray]) -> Any:
+    """Puts each ``RawArray`` where its placeholder string landed in the parsed skeleton
+    (with a stack, not recursion: JSON may nest 1,024 deep)."""
+    if isinstance(root, str):
+        return placeholders.get(root, root)
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for key, item in node.items() if isinstance(node, dict) else enumerate(node):
+            if isinstance(item, str):
+                if item in placeholders:
+                    node[key] = placeholders[item]
+            elif isinstance(item, (dict, list)):
+                stack.append(item)
+    return root
 
 
 def _next_comma(view: memoryview, pos: int, end: int) -> int:

@@ -260,16 +260,18 @@ def _materialize(data: Any, dtype: np.dtype) -> Any:
     """Parses the ``RawArray``s in ``data`` (text straight into ``dtype``, chunk by chunk)."""
     if isinstance(data, RawArray):
         return data.to_numpy(dtype)
-    return [_materialize(v, dtype) if isinstance(v, (list, RawArray)) else v for v in data]
+    return [v.to_numpy(dtype) if isinstance(v, RawArray) else v for v in data]
 
 
 _NUMBERS = frozenset((int, float))
 _FLOATS = frozenset((int, float, type(None)))  # null is NaN, as NaN outputs are written
 
 
-def _check_numbers(name: str, datatype: str, data: Any) -> None:
+def _check_numbers(name: str, datatype: str, data: Any, depth: int = 0) -> None:
     """Refuses JSON strings and booleans where numbers are due (numpy would take "1.5" and true
     as 1.5 and 1.0), and nulls but in float data (NaN). ``map(type)`` keeps it at C speed."""
+    if depth > MAX_DIMS:
+        raise ServeError(400, f"Input {brief(name)}: data is nested deeper than {MAX_DIMS} lists.")
     if not isinstance(data, (list, tuple)):
         data = [data]
     allowed = _FLOATS if datatype.startswith("FP") else _NUMBERS
@@ -280,7 +282,7 @@ def _check_numbers(name: str, datatype: str, data: Any) -> None:
         if kind in types:
             for item in data:
                 if isinstance(item, (list, tuple)):
-                    _check_numbers(name, datatype, item)
+                    _check_numbers(name, datatype, item, depth + 1)
             types.discard(kind)
     bad = next((t for t in types if t not in allowed), None)
     if bad is not None:

@@ -81,3 +81,14 @@ def test_values_that_do_not_fit_the_dtype_raise():
     body = orjson.dumps({"data": [1] * 3000 + [300]})
     with pytest.raises(OverflowError):
         loads(body)["data"].to_numpy(np.uint8)
+
+
+def test_deeply_nested_documents_parse_without_recursion_errors():
+    deep = b"[" * 1000 + b"1" + b"]" * 1000
+    body = b'{"deep": ' + deep + b', "data": [' + b"1," * 5000 + b"1]}"
+    parsed = loads(body)
+    assert isinstance(parsed["data"], RawArray)
+    node, depth = parsed["deep"], 0
+    while isinstance(node, list):
+        node, depth = node[0], depth + 1
+    assert (node, depth) == (1, 1000)

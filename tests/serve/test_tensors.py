@@ -118,3 +118,11 @@ def test_errors_echo_only_a_prefix_of_huge_values():
     assert len(info.value.message) < 400
     assert len(ServeError(400, "y" * 10**6).message) < 2100
     assert brief(list(range(10**6))) == "[0, 1, 2, 3, 4, 5, 6, 7, ...]"
+
+
+def test_data_nested_past_numpy_dimensions_is_400_not_a_recursion_error():
+    deep = [1.0]
+    for _ in range(900):
+        deep = [deep]
+    with pytest.raises(ServeError, match="nested deeper than 32 lists"):
+        decode_tensor("x", "FP32", [1], deep)
