@@ -100,19 +100,28 @@ def dumps(content: Any) -> bytes:
         >>> dumps({"y": np.arange(3)})
         b'{"y":[0,1,2]}'
     """
+    parts: list[bytes] = []
+    _dump(content, parts)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _dump(content: Any, parts: list[bytes]) -> None:
     if isinstance(content, np.ndarray) and content.size > _BIG_ARRAY and content.ndim:
         rows = max(1, _BIG_ARRAY // max(1, content[0].size))
-        blocks = (
-            orjson.dumps(np.ascontiguousarray(content[i : i + rows]), option=_JSON_OPTIONS)[1:-1]
-            for i in range(0, len(content), rows)
-        )
-        return b"[" + b",".join(blocks) + b"]"
-    if isinstance(content, dict) and len(content) <= 16:
-        items = (orjson.dumps(str(k)) + b":" + dumps(v) for k, v in content.items())
-        return b"{" + b",".join(items) + b"}"
-    if isinstance(content, list) and len(content) <= 16:
-        return b"[" + b",".join(dumps(v) for v in content) + b"]"
-    return orjson.dumps(content, option=_JSON_OPTIONS, default=_unparsed)
+        for i in range(0, len(content), rows):
+            block = orjson.dumps(np.ascontiguousarray(content[i : i + rows]), option=_JSON_OPTIONS)
+            parts += [b"[" if i == 0 else b",", memoryview(block)[1:-1]]
+        parts.append(b"]")
+    elif isinstance(content, (dict, list)) and 0 < len(content) <= 16:
+        items = content.items() if isinstance(content, dict) else enumerate(content)
+        for n, (key, value) in enumerate(items):
+            parts.append((b"{" if isinstance(content, dict) else b"[") if n == 0 else b",")
+            if isinstance(content, dict):
+                parts += [orjson.dumps(str(key)), b":"]
+            _dump(value, parts)
+        parts.append(b"}" if isinstance(content, dict) else b"]")
+    else:
+        parts.append(orjson.dumps(content, option=_JSON_OPTIONS, default=_unparsed))
 
 
 _BIG_ARRAY = 65536
@@ -151,7 +160,7 @@ def parse_length(value: str, what: str) -> int:
 
 async def read_body(
     request: Request, limit: int, timeout: float | None = None, *, big: int = BIG_BODY
-) -> bytes | bytearray:
+) -> bytes | bytearray | memoryview:
     """Reads the request body.
 
     Args:
@@ -159,8 +168,8 @@ async def read_body(
         limit: largest body in bytes (``ServeError(413)`` above it).
         timeout: seconds the whole body may take to arrive (``ServeError(408)`` after); None
             waits forever.
-        big: a body this long or longer is read straight into one preallocated ``bytearray``
-            (no list of chunks joined into a second copy).
+        big: a body this long or longer is read straight into one preallocated buffer (no list
+            of chunks joined into a second copy) and returned as a ``memoryview``.
 
     Returns:
         The body.
@@ -185,8 +194,10 @@ async def read_body(
         raise ServeError(400, "The client disconnected before sending the whole body.") from None
 
 
-async def _read_stream(request: Request, limit: int, length: int | None) -> bytearray:
-    buffer = bytearray(length or 0)
+async def _read_stream(request: Request, limit: int, length: int | None) -> bytearray | memoryview:
+    # np.empty leaves the pages untouched until the body fills them (bytearray(n) would zero
+    # 64 MB on the event loop first).
+    buffer = memoryview(np.empty(length, np.uint8)) if length else bytearray()
     size = 0
     async for chunk in request.stream():
         end = size + len(chunk)
