@@ -21,7 +21,14 @@ __all__ = ["TARGETS", "ExportError", "MissingDependencyError", "export"]
 logger = logging.getLogger(__name__)
 
 # target name -> module inside ember.export; each module defines export_<target>(package_dir, **options).
-TARGETS = {"onnx": "onnx", "int8": "quantize", "mobile": "mobile", "web": "web", "cpp": "cpp"}
+TARGETS = {
+    "onnx": "onnx",
+    "int8": "quantize",
+    "mobile": "mobile",
+    "web": "web",
+    "cpp": "cpp",
+    "tfjs": "tfjs",
+}
 
 
 def export(
@@ -40,7 +47,7 @@ def export(
 
     Args:
         package_dir: a directory written by ``ember.save``.
-        targets: names from ``onnx, int8, mobile, web, cpp`` (a list or a comma-separated string).
+        targets: names from ``onnx, int8, mobile, web, cpp, tfjs`` (a list or a comma-separated string).
         rtol: fp32 tolerance on ``max_rel_diff`` (max abs diff / max |expected|).
         min_top1: int8 tolerance: smallest top-1 agreement with the trained model (classifiers).
         calibration_data: inputs ``(N, ...)`` for static int8 calibration; default the stored sample.
