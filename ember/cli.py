@@ -327,6 +327,13 @@ def _add_serve(sub: Any) -> None:
         "--body-limit", type=_positive_int, default=64 * 1024 * 1024, help="max request bytes"
     )
     p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds a request body may take to arrive (408 after; default 60; 0 = no limit)",
+    )
+    p.add_argument(
         "--runtime", default="auto", help="auto (onnxruntime, else torch), onnxruntime, torch"
     )
     p.add_argument("--grace-period", type=float, default=30.0, help="seconds to drain at shutdown")
@@ -373,6 +380,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         adaptive_batching=args.adaptive_batching,
         target_p99_ms=args.target_p99_ms,
         body_limit=args.body_limit,
+        body_timeout=args.body_timeout or None,
         runtime=args.runtime,
         grace_period=args.grace_period,
         access_log=args.access_log,

@@ -38,6 +38,7 @@ def serve(
     adaptive_batching: bool = False,
     target_p99_ms: float = 50.0,
     body_limit: int = 64 * 1024 * 1024,
+    body_timeout: float | None = 60.0,
     runtime: str = "auto",
     grace_period: float = 30.0,
     access_log: bool = False,
@@ -63,6 +64,7 @@ def serve(
         adaptive_batching: size batches from measured latency to keep p99 under ``target_p99_ms``.
         target_p99_ms: latency target of adaptive batching.
         body_limit: largest request body in bytes (413 above it).
+        body_timeout: seconds a request body may take to arrive (408 after); None waits forever.
         runtime: ``"auto"``, ``"onnxruntime"`` or ``"torch"``.
         grace_period: seconds in-flight requests get to finish at shutdown.
         access_log: log every request to the ``ember.serve.access`` logger (INFO); it costs about
@@ -121,6 +123,7 @@ async def run(
     adaptive_batching: bool = False,
     target_p99_ms: float = 50.0,
     body_limit: int = 64 * 1024 * 1024,
+    body_timeout: float | None = 60.0,
     runtime: str = "auto",
     grace_period: float = 30.0,
     freeze_heap: bool = False,
@@ -151,7 +154,7 @@ async def run(
         metrics=metrics, strict_readiness=strict_readiness,
         retire_gate=member.retire_gate if member else None,
     )  # fmt: skip
-    app = build_app(repository, metrics=metrics, body_limit=body_limit)
+    app = build_app(repository, metrics=metrics, body_limit=body_limit, body_timeout=body_timeout)
     if member is not None:
         app = member.wrap_app(app, repository, metrics)
     info: dict[str, Any] = {"app": app, "repository": repository, "grpc": None,

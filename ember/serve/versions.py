@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ember.serve.errors import ServeError
+from ember.serve.errors import ServeError, brief
 
 __all__ = [
     "check_model_name",
@@ -35,6 +35,8 @@ DEFAULT_POLICY = {"latest": {"num_versions": 1}}
 _OUTSIDE = "a model directory must stay inside the repository"
 # Files only a model package holds: a version directory with one of them is a package upload.
 _PACKAGE_FILES = ("weights.safetensors", "sample.safetensors", "model.pt2")
+# ASCII digits only: str.isdigit() also takes "²", "٣" and "１", which int() refuses or misreads.
+_VERSION = re.compile(r"[0-9]{1,18}")
 
 # {name: {version: (path, fingerprint)}}
 Layout = dict[str, dict[int, tuple[Path, Any]]]
@@ -194,9 +196,11 @@ def parse_version(version: int | str) -> int:
         version = str(version)
     if isinstance(version, int) and version >= 0:
         return version
-    if isinstance(version, str) and version.isdigit() and len(version) < 19:
+    if isinstance(version, str) and _VERSION.fullmatch(version):
         return int(version)
-    raise ServeError(400, f"Invalid version {version!r}: expected a non-negative integer.")
+    raise ServeError(
+        400, f"Invalid version {brief(version)}: expected a non-negative integer in ASCII digits."
+    )
 
 
 def read_config(model_dir: Path, override: dict | None) -> tuple[dict, dict[str, int]]:
@@ -243,7 +247,7 @@ def single_name(path: Path) -> str:
 
 
 def _is_version_name(name: str) -> bool:
-    return name.isascii() and name.isdigit() and len(name) < 19
+    return _VERSION.fullmatch(name) is not None
 
 
 def _pending_reason(path: Path, has_manifest: bool, siblings_packaged: bool) -> str | None:
