@@ -35,7 +35,7 @@ def _states(server, name: str) -> dict[int, str]:
 
 def test_new_version_takes_traffic_with_zero_failed_requests_under_load(server, repo_dir):
     url = server.url + "/v2/models/half_plus_three/infer"
-    failures, versions, stop = [], set(), threading.Event()
+    failures, versions, answers, stop = [], set(), [], threading.Event()
 
     def client() -> None:
         with httpx.Client() as http:
@@ -45,6 +45,7 @@ def test_new_version_takes_traffic_with_zero_failed_requests_under_load(server, 
                     failures.append((r.status_code, r.text))
                 else:
                     versions.add(r.json()["model_version"])
+                answers.append(r.status_code)
 
     threads = [threading.Thread(target=client) for _ in range(4)]
     for t in threads:
@@ -53,7 +54,8 @@ def test_new_version_takes_traffic_with_zero_failed_requests_under_load(server, 
         wait_until(lambda: versions == {"123"})
         shutil.copytree(repo_dir / "half_plus_three" / "123", repo_dir / "half_plus_three" / "124")
         wait_until(lambda: _states(server, "half_plus_three").get(123) == "END")
-        time.sleep(0.3)
+        after = len(answers) + 20  # 20 more requests once 123 is gone: all answered by 124
+        wait_until(lambda: len(answers) >= after)
     finally:
         stop.set()
         for t in threads:
