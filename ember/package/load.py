@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -13,7 +14,7 @@ from ember.package.program import load_program
 from ember.package.sample import load_named_sample
 from ember.package.signature import input_names
 
-__all__ = ["LoadedModel", "load"]
+__all__ = ["FlatProgram", "LoadedModel", "load"]
 
 # Format 2 exports a FlatModule, whose user model sits under this attribute.
 _FLAT_PREFIX = "model."
@@ -70,27 +71,46 @@ class LoadedModel(torch.nn.Module):
     """A package's model: ``forward(*inputs)`` or ``forward(**named_inputs)``, always in eval.
 
     Returns one tensor, or a tuple in the signature's output order for several outputs.
+    ``flat`` is the same model as ``forward(*inputs) -> tuple``, which export targets trace.
     """
 
     def __init__(self, module: torch.nn.Module, names: list[str]) -> None:
         super().__init__()
-        self.program = module
+        self.flat = FlatProgram(module)
         self.input_names = list(names)
         self.training = False
 
-    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor):
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> Any:
         if kwargs:
-            unknown = [k for k in kwargs if k not in self.input_names[len(args) :]]
-            if unknown:
-                raise TypeError(f"Unknown input(s) {unknown}. Inputs: {self.input_names}")
-            args = (*args, *(kwargs[n] for n in self.input_names[len(args) :] if n in kwargs))
-        result = self.program(*args)
-        if isinstance(result, (tuple, list)) and len(result) == 1:
-            return result[0]
-        return result
+            rest = self.input_names[len(args) :]
+            unknown = [k for k in kwargs if k not in rest]
+            missing = [n for n in rest if n not in kwargs]
+            if unknown or missing:
+                raise TypeError(
+                    f"Inputs are {self.input_names}. Received unknown {unknown}, missing {missing}"
+                )
+            args = (*args, *(kwargs[n] for n in rest))
+        result = self.flat(*args)
+        return result[0] if len(result) == 1 else result
 
     def train(self, mode: bool = True) -> LoadedModel:
         # The exported graph was traced in eval mode; training behaviour is not in it.
+        return self
+
+
+class FlatProgram(torch.nn.Module):
+    """``forward(*inputs) -> tuple`` over an exported program or a rebuilt model (any format)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.program = module
+        self.training = False
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        result = self.program(*args)
+        return tuple(result) if isinstance(result, (tuple, list)) else (result,)
+
+    def train(self, mode: bool = True) -> FlatProgram:
         return self
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -135,21 +136,21 @@ def _auto_name(t: torch.Tensor, axis: int, index: int) -> str:
     return "sequence" if index == 0 and axis == 1 else f"dim{index}"
 
 
-def _merge_range(current: dict, bounds) -> None:
+def _merge_range(current: dict, bounds: Any) -> None:
     if bounds is None:
         return
-    try:
-        upper = int(bounds.upper)
-    except (TypeError, ValueError, OverflowError):
-        upper = None
-    try:
-        lower = int(bounds.lower)
-    except (TypeError, ValueError, OverflowError):
-        lower = 1
+    upper, lower = _finite(bounds.upper), _finite(bounds.lower) or 1
     if upper is not None:
         current["max"] = upper if current["max"] is None else min(current["max"], upper)
-    if lower > 2:  # torch reports 2 for any unbacked size that may be 0 or 1 at run time
+    if lower > 2:  # torch reports 2 for any size that may also be 0 or 1 at run time
         current["min"] = max(current["min"], lower)
+
+
+def _finite(value: Any) -> int | None:
+    try:
+        return int(value)
+    except Exception:  # torch's int_oo / -int_oo (sympy) raise various errors here
+        return None
 
 
 def _json_axes(axes: dict) -> dict:

@@ -51,7 +51,10 @@ def test_non_exportable_model_message(tmp_path):
 
 def test_failed_parity_removes_file_and_shows_figures(digits_mlp_package, tmp_path, monkeypatch):
     path = copy_package(digits_mlp_package, tmp_path)
-    monkeypatch.setattr(onnx_target, "run_onnx", lambda f, x: np.zeros((len(x), 10), np.float32))
+    def zeros(model_path):
+        return lambda feed: [np.zeros((len(next(iter(feed.values()))), 10), np.float32)]
+
+    monkeypatch.setattr(onnx_target, "onnx_runner", zeros)
     with pytest.raises(
         ExportError, match=r"'onnx' failed parity.*max_rel_diff 1 > rtol.*max_abs_diff="
     ):
