@@ -62,8 +62,10 @@ def export_cpp(
         package_dir: the model package directory.
         rtol: largest allowed ``max_rel_diff`` against the trained model's outputs.
         min_top1: smallest allowed top-1 agreement (classifiers); None skips it.
-        dynamic_batch: compile with a dynamic batch dimension (falls back to the sample's batch
-            size, recorded as ``"batch_size"``, if the model cannot be exported that way).
+        dynamic_batch: compile with a dynamic batch and the package's other dynamic axes (falls
+            back to the sample's fixed shapes, batch size recorded as ``"batch_size"``, if the
+            model cannot be exported that way). Several inputs of any dtype are passed to the
+            compiled model in signature order; the bundled ``ember_runner`` reads float32 only.
         **_options: options of other targets (ignored).
 
     Returns:
@@ -78,17 +80,22 @@ def export_cpp(
     """
     pkg = Path(package_dir)
     manifest = package.read_manifest(pkg)
-    inputs, expected = package.load_sample(pkg)
+    signature = manifest["signature"]
+    inputs, _ = package.load_named_sample(pkg)
     package.remove_target_dir(pkg, "cpp")
     (pkg / "cpp").mkdir(exist_ok=True)
     try:
         start = time.perf_counter()
-        dynamic = _compile(pkg, inputs, dynamic_batch)
+        dynamic = _compile(pkg, signature, inputs, dynamic_batch)
         seconds = time.perf_counter() - start
         runner = torch._inductor.aoti_load_package(str(pkg / FILE))
-        with torch.inference_mode():
-            actual = runner(inputs)
-        figures = verify.parity(expected.numpy(), actual.numpy(), task=manifest.get("task"))
+
+        def run(feed: dict) -> list:
+            with torch.inference_mode():
+                out = runner(*(torch.from_numpy(a) for a in feed.values()))
+            return [t.numpy() for t in (out if isinstance(out, (tuple, list)) else [out])]
+
+        figures = verify.parity_on_samples(pkg, run, task=manifest.get("task"), static=not dynamic)
         for name in _SOURCES:
             shutil.copy2(CPP_RUNNER / name, pkg / "cpp" / name)
     except BaseException:
@@ -100,11 +107,12 @@ def export_cpp(
         **figures,
         "size_bytes": (pkg / FILE).stat().st_size,
         "dynamic_batch": dynamic,
+        "dynamic_axes": signature.get("dynamic_axes") or {} if dynamic else {},
         "compile_seconds": round(seconds, 1),
         "runtime": f"AOTInductor (torch {torch.__version__}, cpu)",
     }
     if not dynamic:
-        info["batch_size"] = int(inputs.shape[0])
+        info["batch_size"] = int(next(iter(inputs.values())).shape[0])
     files = [FILE, *info["runner"]]
     return verify.accept(pkg, "cpp", info, files, rtol=rtol, min_top1=min_top1)
 
@@ -241,25 +249,26 @@ def read_tensor_file(path: str | os.PathLike) -> list[np.ndarray]:
     return arrays
 
 
-def _compile(pkg: Path, inputs: torch.Tensor, dynamic_batch: bool) -> bool:
-    """AOT-compile the package's model into ``cpp/model.aoti.pt2``; returns whether batch is dynamic."""
-    model = package.load(pkg)
-    # A size-1 dim would be specialised to a constant: trace with at least two rows.
-    trace = inputs if inputs.shape[0] >= 2 else inputs.repeat(2, *[1] * (inputs.dim() - 1))
+def _compile(pkg: Path, signature: dict, inputs: dict, dynamic_batch: bool) -> bool:
+    """AOT-compile the package's model into ``cpp/model.aoti.pt2``; returns whether its axes
+    (batch and the package's other dynamic axes) are dynamic."""
+    model = package.load(pkg).flat
     program, dynamic = None, False
     if dynamic_batch:
         try:
-            shapes = ({0: torch.export.Dim("batch", min=1)},)
-            program, dynamic = torch.export.export(model, (trace,), dynamic_shapes=shapes), True
-        except Exception as exc:  # export raises many types; fall back to a fixed batch
-            logger.warning("Dynamic-batch export failed (%s); compiling a fixed batch", exc)
+            shapes = package.dims_for_export(signature)
+            trace = verify.trace_args(inputs)
+            program, dynamic = torch.export.export(model, trace, dynamic_shapes=shapes), True
+        except Exception as exc:  # export raises many types; fall back to fixed shapes
+            logger.warning(
+                "Dynamic export failed (%s); compiling fixed shapes", package.first_line(exc)
+            )
     try:
         if program is None:
-            trace = inputs
-            program = torch.export.export(model, (trace,))
+            program = torch.export.export(model, tuple(inputs.values()))
         torch._inductor.aoti_compile_and_package(program, package_path=str(pkg / FILE))
     except Exception as exc:
-        raise ExportError("Cannot compile the C++ target: " + way_out(exc)) from exc
+        raise ExportError("Cannot compile the C++ target: " + way_out(exc, target="cpp")) from exc
     return dynamic
 
 

@@ -64,7 +64,7 @@ def way_out(cause: BaseException | str, *, target: str | None = None) -> str:
     from ember.package.cause import classify
 
     line = first_line(cause)
-    text = f"{line.rstrip('.')}. {advice(line)}"
+    text = f"{line} {advice(line)}" if line.endswith((".", "!", "?")) else f"{line}. {advice(line)}"
     extra = _TARGET_ADVICE.get((target, classify(line)))
     return f"{text} {extra}" if extra else text
 

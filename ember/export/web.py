@@ -72,6 +72,7 @@ def export_web(
         True
     """
     pkg = Path(package_dir)
+    _check_signature(package.read_manifest(pkg)["signature"])
     manifest = _ensure_onnx(pkg)
     inputs, expected = package.load_sample(pkg)
     npm_dir = ensure_npm_runtime(cache_dir=cache_dir)
@@ -173,6 +174,19 @@ def node_predict(web_dir: str | os.PathLike, *, npm_dir: str | os.PathLike) -> n
         raise ExportError(f"Running the web bundle under Node.js failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout)
     return np.asarray(result["outputs"], dtype=np.float32).reshape(result["dims"])
+
+
+def _check_signature(signature: dict) -> None:
+    """The bundle's ember.js feeds one float32 tensor; refuse other signatures up front."""
+    specs = signature["inputs"]
+    if len(specs) != 1 or len(signature["outputs"]) != 1 or specs[0]["dtype"] != "float32":
+        got = ", ".join(f"{s['name']}: {s['dtype']}" for s in specs)
+        raise ExportError(
+            "The web target's ember.js takes one float32 input and returns one output; this "
+            f"package has inputs ({got}) and {len(signature['outputs'])} output(s). Use the "
+            "package's model.onnx with onnxruntime-web directly (int64 inputs are "
+            "BigInt64Array tensors), or the onnx / cpp targets."
+        )
 
 
 def _ensure_onnx(pkg: Path) -> dict:
