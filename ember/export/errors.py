@@ -41,7 +41,9 @@ def require(module: str, extra: str) -> ModuleType:
         ) from exc
 
 
-def way_out(cause: BaseException | str, *, target: str | None = None) -> str:
+def way_out(
+    cause: BaseException | str, *, target: str | None = None, static: bool = False
+) -> str:
     """Explain an export failure: torch's own first error line and advice for that cause.
 
     The cause is the innermost exception's first sentence, without colour codes (see
@@ -53,6 +55,7 @@ def way_out(cause: BaseException | str, *, target: str | None = None) -> str:
         cause: the exception raised by ``torch.export`` / ``torch.onnx.export`` / a lowering,
             or its text (as recorded in ``ember.json``'s ``export_error``).
         target: the target's name, for target-specific advice.
+        static: the target was already exported with fixed shapes (no advice to try them).
 
     Returns:
         A one-paragraph message.
@@ -65,7 +68,7 @@ def way_out(cause: BaseException | str, *, target: str | None = None) -> str:
 
     line = first_line(cause)
     text = f"{line} {advice(line)}" if line.endswith((".", "!", "?")) else f"{line}. {advice(line)}"
-    extra = _TARGET_ADVICE.get((target, classify(line)))
+    extra = None if static else _TARGET_ADVICE.get((target, classify(line)))
     return f"{text} {extra}" if extra else text
 
 

@@ -41,10 +41,11 @@ def routes(ctx: Context) -> list[Route]:
         mv = repo.get(p["name"], p.get("version"))
         request.state.version = mv.version
         if len(mv.inputs) != 1:
-            raise ServeError(400, f"Model {mv.name!r} takes {len(mv.inputs)} inputs; use the "
-                             "KServe v2 API (/v2/models/{name}/infer) for multi-input models.")  # fmt: skip
-        x, single = _decode(payload, mv.inputs[0])
-        outputs = await mv.infer({mv.inputs[0].name: x})
+            inputs, single = _decode_named(payload, mv.inputs)
+        else:
+            x, single = _decode(payload, mv.inputs[0])
+            inputs = {mv.inputs[0].name: x}
+        outputs = await mv.infer(inputs)
         values = next(iter(outputs.values()))
         answers = [_answer(mv, row) for row in (values if values.ndim else values[None])]
         return JSONResponse(answers[0] if single else answers)
@@ -74,6 +75,22 @@ def _decode(payload: Any, spec: Any) -> tuple[np.ndarray, bool]:
     if x.ndim == len(spec.shape) - 1:
         return x[None], True  # one instance: add the batch dimension
     return x, False
+
+
+def _decode_named(payload: Any, specs: list) -> tuple[dict[str, np.ndarray], bool]:
+    """A JSON object ``{input name: value}`` (one instance) or a list of them (a batch)."""
+    names = [s.name for s in specs]
+    if isinstance(payload, dict) and "data" in payload and not set(names) & set(payload):
+        payload = payload["data"]
+    rows = [payload] if isinstance(payload, dict) else payload
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise ServeError(400, f"This model takes {len(names)} inputs ({', '.join(names)}): send "
+                         'a JSON object {"' + names[0] + '": [...], ...} or a list of them.')  # fmt: skip
+    missing = [n for n in names if any(n not in r for r in rows)]
+    if missing:
+        raise ServeError(400, f"Missing input(s) {missing}; the model takes {names}.")
+    inputs = {s.name: values_array(s.name, s.datatype, [r[s.name] for r in rows]) for s in specs}
+    return inputs, isinstance(payload, dict)
 
 
 def _answer(mv: Any, row: np.ndarray) -> Any:
