@@ -314,10 +314,7 @@ def restore(trainer: Trainer, program: Program, ckpt: Any) -> None:
     from ember.train.rng import set_rng_state
 
     meta, state = ckpt.meta, ckpt.trainer_state
-    if meta.get("format") != FORMAT:
-        raise ValueError(
-            f"{ckpt.path} is not a training checkpoint (format {meta.get('format')!r})."
-        )
+    check_training_meta(ckpt.path, meta, state)
     _load_model_state(trainer.strategy, program.module, ckpt.model_state, ckpt.path)
     trainer.strategy.load_optimizer_state_dict(
         program.module, trainer.optimizer, state["optimizer"]
@@ -417,3 +414,48 @@ def write_run_record(trainer: Trainer, program: Program, loader: Any) -> None:
     except Exception as exc:  # a summary is a nicety; never fail a run for it
         log.debug("No model summary for the run record: %s", exc)
     (trainer.log_dir / "run.json").write_text(json.dumps(record, default=str, indent=1))
+
+
+_META_COUNTS = ("epoch", "batch_in_epoch", "samples_in_epoch", "global_step")
+_STATE_KEYS = ("optimizer", "scheduler", "scaler", "rng", "callbacks", "loss_sum", "metrics")
+
+
+def check_training_meta(path: Path, meta: dict, state: Any) -> None:
+    """Refuse a training checkpoint whose meta.json or trainer state is not what ember writes.
+
+    Raises:
+        CheckpointError: naming the first field that is missing or holds a wrong value.
+    """
+    from ember.train.checkpoint_files import CheckpointError
+
+    def refuse(field: str, expected: str) -> None:
+        got = repr(meta.get(field))[:80] if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(
+            path, f"meta.json field {field!r} must be {expected}. Received: {got}"
+        )
+
+    if meta.get("format") != FORMAT:
+        refuse("format", f"{FORMAT!r} (this is not a training checkpoint)")
+    for field in _META_COUNTS:
+        value = meta.get(field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            refuse(field, "an integer >= 0")
+    if not isinstance(meta.get("should_stop"), bool):
+        refuse("should_stop", "true or false")
+    history = meta.get("history")
+    if not (
+        isinstance(history, dict)
+        and isinstance(history.get("history"), dict)
+        and all(isinstance(v, list) for v in history["history"].values())
+        and isinstance(history.get("epochs"), list)
+        and isinstance(history.get("epoch_info"), list)
+    ):
+        refuse("history", "an object with 'history', 'epochs' and 'epoch_info'")
+    logged = meta.get("logged_metrics")
+    if not isinstance(logged, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in logged.values()
+    ):
+        refuse("logged_metrics", "an object of numbers")
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(path, f"the trainer state lacks {missing}; it is not ember's")

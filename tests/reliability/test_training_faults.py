@@ -216,3 +216,46 @@ def test_disk_full_during_fit_stops_with_the_reason_and_last_checkpoint_loads(
     monkeypatch.undo()
     last = find_last(tmp_path / "ckpt")
     assert last is not None and load_checkpoint(last).meta["global_step"] == 3
+
+
+# --------------------------------------------------------------------------- meta.json values
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    """A finished two-epoch run with its last checkpoint."""
+    import ember
+    from ember.data import make_loader
+
+    root = tmp_path_factory.mktemp("meta")
+    torch.manual_seed(0)
+    net = ember.compile(torch.nn.Linear(4, 2), "sgd", "cross_entropy", lr=0.1)
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    trainer = ember.Trainer(max_epochs=2, default_root_dir=root, enable_progress_bar=False,
+                            callbacks=[ember.ModelCheckpoint()])  # fmt: skip
+    trainer.fit(net, make_loader(x, y, batch_size=8))
+    return root, trainer.checkpoint_callback.last_model_path
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("epoch", -5), ("epoch", "1"), ("global_step", 1.5), ("batch_in_epoch", True),
+     ("samples_in_epoch", None), ("should_stop", "no"), ("history", []),
+     ("logged_metrics", {"loss": "low"}), ("format", "keras")],
+)  # fmt: skip
+def test_a_tampered_meta_json_is_refused_naming_the_field(saved_run, tmp_path, field, value):
+    import shutil
+
+    import ember
+    from ember.data import make_loader
+    from ember.train.checkpoint import CheckpointError
+
+    _, last = saved_run
+    ckpt = Path(shutil.copytree(last, tmp_path / "ckpt"))
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta[field] = value
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    net = ember.compile(torch.nn.Linear(4, 2), "sgd", "cross_entropy", lr=0.1)
+    trainer = ember.Trainer(max_epochs=4, default_root_dir=tmp_path, enable_progress_bar=False)
+    loader = make_loader(torch.randn(8, 4), torch.randint(0, 2, (8,)), batch_size=8)
+    with pytest.raises(CheckpointError, match=f"field '{field}'"):
+        trainer.fit(net, loader, ckpt_path=ckpt)
+    assert trainer.global_step == 0, "training ran from a refused checkpoint"
