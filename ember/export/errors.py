@@ -41,9 +41,7 @@ def require(module: str, extra: str) -> ModuleType:
         ) from exc
 
 
-def way_out(
-    cause: BaseException | str, *, target: str | None = None, static: bool = False
-) -> str:
+def way_out(cause: BaseException | str, *, target: str | None = None, static: bool = False) -> str:
     """Explain an export failure: torch's own first error line and advice for that cause.
 
     The cause is the innermost exception's first sentence, without colour codes (see
@@ -77,5 +75,6 @@ _TARGET_ADVICE = {
     ("mobile", "unsupported"): "For ExecuTorch: ember export DIR --to mobile --static, or use "
     "the mobile/model.ort file from the onnx route.",
     ("mobile", "other"): "For ExecuTorch, a dynamic axis often cannot lower: try --static.",
+    ("mobile", "view"): "If it still fails, also try --static.",
     ("cpp", "constraint"): "For AOTInductor: export with fixed shapes (static=True).",
 }

@@ -161,7 +161,9 @@ def _write_pte(package_dir: Path, signature: dict, static: bool) -> dict:
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         (package_dir / PTE_FILE).write_bytes(lowered.to_executorch().buffer)
     except Exception as exc:  # export and lowering raise many types
-        raise ExportError("Cannot export to ExecuTorch: " + way_out(exc, target="mobile", static=static)) from exc
+        raise ExportError(
+            "Cannot export to ExecuTorch: " + way_out(exc, target="mobile", static=static)
+        ) from exc
     return bounds
 
 

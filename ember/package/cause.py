@@ -40,6 +40,13 @@ _ADVICE = {
         "`dynamic_shapes`, save with a sample of the length you serve, or export this target "
         "with fixed shapes (--static / static=True)."
     ),
+    "view": (
+        "A view of a non-contiguous tensor (often the output of fused attention, "
+        "scaled_dot_product_attention, after a transpose) cannot be lowered. For a transformers "
+        'model set `model.config._attn_implementation = "eager"` before ember.save (or load '
+        'it with attn_implementation="eager"); in your own model use .reshape or '
+        ".contiguous().view."
+    ),
     "unsupported": (
         "The model uses an operator this target cannot convert. Try another target (onnx and "
         "cpp cover the most operators), a newer opset (opset=...), or replace the operator in "
@@ -56,6 +63,7 @@ _PATTERNS = (
         r"dtype mismatch|expected scalar type|floattensor|longtensor|"
         r"expected .*dtype|tensors? of type|dtype .* but got|must have the same dtype",
     ),
+    ("view", r"cannot view a tensor|view size is not compatible"),
     (
         "constraint",
         r"constraints? violated|not all values of|specializ|suggested fixes|"
@@ -103,7 +111,8 @@ def first_line(exc: BaseException | str) -> str:
 
 
 def classify(cause: str) -> str:
-    """``"dtype"``, ``"data_dependent"``, ``"constraint"``, ``"unsupported"`` or ``"other"``."""
+    """``"dtype"``, ``"view"``, ``"constraint"``, ``"data_dependent"``, ``"unsupported"`` or
+    ``"other"``."""
     text = cause.lower()
     for kind, pattern in _PATTERNS:
         if re.search(pattern, text):

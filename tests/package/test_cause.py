@@ -42,6 +42,7 @@ def test_long_lines_end_at_a_sentence():
             "--static",
         ),
         ("aten::foo is not supported in opset 18", "unsupported", "opset"),
+        ("ValueError: Cannot view a tensor with shape [4, 16, 32] and strides", "view", "eager"),
         ("Something odd", "other", "ember -v"),
     ],
 )
