@@ -51,6 +51,7 @@ def test_non_exportable_model_message(tmp_path):
 
 def test_failed_parity_removes_file_and_shows_figures(digits_mlp_package, tmp_path, monkeypatch):
     path = copy_package(digits_mlp_package, tmp_path)
+
     def zeros(model_path):
         return lambda feed: [np.zeros((len(next(iter(feed.values()))), 10), np.float32)]
 

@@ -159,23 +159,48 @@ def test_tfserving_rows_columns_and_torchserve_objects(repo, start_server):
     assert r.status_code == 400 and "7" in r.text
 
 
-@pytest.mark.parametrize("name", ["bert", "tagger"])
-def test_cpp_target_with_several_int64_inputs(repo, tmp_path, name):
+def _copy(repo, name: str, tmp_path: Path) -> Path:
     import shutil
 
-    root, _ = repo
-    path = Path(shutil.copytree(root / name / "1", tmp_path / name))
+    return Path(shutil.copytree(repo[0] / name / "1", tmp_path / name))
+
+
+def test_cpp_runner_with_two_int64_inputs_and_two_outputs(repo, tmp_path):
+    """AOTInductor with several inputs; the C++ runner reads int64 ids at another length."""
+    from ember.export import cpp
+
+    path = _copy(repo, "two", tmp_path)
     figures = export.export(path, ["cpp"])["cpp"]
     assert figures["max_rel_diff"] < 1e-4 and figures["dynamic_batch"]
-    assert ("varied" in figures["checked_shapes"]) == (name == "bert")
+    assert figures["checked_shapes"]["varied"]["input_ids"] == [4, 7]
+    binary = cpp.build_cpp_runner(path)
+    inputs = {k: v.numpy() for k, v in _ids(3, 5).items()}
+    logits, score = cpp.run_cpp_runner(binary, path, inputs)
+    want = _expected(repo[1]["two"], inputs)
+    np.testing.assert_allclose(logits, want[0], atol=1e-5)
+    np.testing.assert_allclose(score, want[1], atol=1e-5)
 
 
-def test_mobile_target_bert_dynamic_sequence(repo, tmp_path):
-    import shutil
+@pytest.mark.parametrize("name", ["bert", "two"])
+def test_web_bundle_runs_int64_inputs_under_node(repo, tmp_path, name):
+    from ember.export import web
 
+    path = _copy(repo, name, tmp_path)
+    figures = export.export(path, ["web"])["web"]
+    assert figures["max_rel_diff"] < 1e-4 and "varied" in figures["checked_shapes"]
+    inputs = {k: v.numpy() for k, v in _ids(2, 5).items()}
+    outputs = [s["name"] for s in package.read_manifest(path)["signature"]["outputs"]]
+    npm_dir = web.ensure_npm_runtime()
+    actual = web.node_run(path / "web", inputs, outputs, npm_dir=npm_dir)
+    for got, want in zip(actual, _expected(repo[1][name], inputs)):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_mobile_two_inputs_dynamic_and_static(repo, tmp_path):
     pytest.importorskip("executorch")
-    root, _ = repo
-    path = Path(shutil.copytree(root / "bert" / "1", tmp_path / "bert"))
+    path = _copy(repo, "two", tmp_path)
     figures = export.export(path, ["mobile"])["mobile"]
-    assert figures["max_rel_diff"] < 1e-4
-    assert figures["pte"]["checked_shapes"]["varied"]["input_ids"] == [4, 11]
+    assert figures["max_rel_diff"] < 1e-4 and not figures["static"]
+    assert figures["pte"]["checked_shapes"]["varied"]["input_ids"] == [4, 7]
+    fixed = export.export(path, ["mobile"], static=True)["mobile"]
+    assert fixed["static"] and list(fixed["pte"]["checked_shapes"]) == ["stored"]
