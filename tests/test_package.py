@@ -9,8 +9,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ember import package
-from ember.package import PackageError
-from ember.package import sha256_file
+from ember.package import PackageError, sha256_file
 
 
 def _mlp() -> nn.Module:
