@@ -91,7 +91,8 @@ def export_int8(
     mode = _quantize(ort_quant, package_dir / FP32_FILE, package_dir / FILE, calibration, method)
     info = _figures(package_dir, manifest.get("task"), mode)
     if mode == "static":
-        info["calibration"] = {"method": calibration_method, "samples": len(calibration)}
+        rows = len(next(iter(calibration.values())))
+        info["calibration"] = {"method": calibration_method, "samples": rows}
     if eval_data is not None:
         info.update(_accuracies(package_dir, eval_data))
     classifier = manifest.get("task") == "classification"
