@@ -84,6 +84,7 @@ def export_mobile(
         "file": PTE_FILE,
         "ort_file": ORT_FILE,
         **worst,
+        "checked_shapes": pte["checked_shapes"],
         "pte": pte,
         "ort": ort,
         "static": static,
