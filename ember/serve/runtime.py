@@ -362,14 +362,20 @@ def _warm_up(engine: Any, path: Path, manifest: dict) -> None:
         except package.PackageError as exc:
             raise ServeError(400, f"Corrupt package: {exc}") from None
         names = [s.name for s in engine.inputs]
-        for inputs, expected in samples.values():
+        for kind, (inputs, expected) in samples.items():
             if list(inputs) != names or list(expected) != [s.name for s in engine.outputs]:
                 break  # a runtime whose names differ from the signature: warm with zeros
             feed = {
                 spec.name: inputs[spec.name].numpy().astype(numpy_dtype(spec.datatype))
                 for spec in engine.inputs
             }
-            actual = engine.run(feed)
+            try:
+                actual = engine.run(feed)
+            except Exception as exc:  # e.g. a model.onnx that lost a dynamic axis
+                shapes = {n: list(a.shape) for n, a in feed.items()}
+                raise ServeError(
+                    400, f"{engine.platform} cannot run the package's {kind} sample {shapes}: {exc}"
+                ) from None
             for name, want in expected.items():
                 _check_parity(actual[name], want.numpy(), manifest, engine.platform)
         else:

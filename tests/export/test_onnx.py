@@ -82,6 +82,19 @@ def test_unknown_target():
         export("unused", ["onnx", "tflite"])
 
 
+def test_all_means_every_target_and_the_cli_passes_static(monkeypatch, tmp_path):
+    import ember.export as export_package
+    from ember import cli
+
+    assert export_package._parse_targets("all") == list(export_package.TARGETS)
+    calls = []
+    monkeypatch.setattr(export_package, "export", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr("ember.package.inspect_text", lambda path: "")
+    cli.main(["export", str(tmp_path), "--to", "all", "--static"])
+    ((args, kwargs),) = calls
+    assert args[1] == ["all"] and kwargs["static"] is True
+
+
 def test_missing_extra_message(digits_mlp_package, tmp_path, monkeypatch):
     path = copy_package(digits_mlp_package, tmp_path)
     monkeypatch.setitem(sys.modules, "onnxscript", None)
