@@ -71,9 +71,18 @@ def export_mobile(
         raise
     task = manifest.get("task")
     pte_file = package_dir / PTE_FILE
-    pte = verify.parity_on_samples(
-        package_dir, lambda feed: run_pte(pte_file, feed), task=task, static=static
-    )
+    try:
+        pte = verify.parity_on_samples(
+            package_dir, lambda feed: run_pte(pte_file, feed), task=task, static=static
+        )
+    except RuntimeError as exc:  # the runtime's own error, e.g. "execute() failed with error 0x12"
+        package.remove_target(package_dir, "mobile", files)
+        hint = "" if static else " Export it with fixed shapes: --static / static=True."
+        raise ExportError(
+            f"The ExecuTorch program was written but fails to run on the stored samples "
+            f"({package.first_line(exc)}), typically a dynamic axis its memory plan cannot "
+            f"take.{hint}"
+        ) from exc
     ort = verify.parity_on_samples(package_dir, onnx_runner(package_dir / ORT_FILE), task=task)
     worst = {
         k: max(pte[k], ort[k]) if "diff" in k else min(pte[k], ort[k])
