@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_inspect(sub)
     _add_export(sub)
+    _add_import_tfjs(sub)
     _add_serve(sub)
     _add_report(sub)
     return parser
@@ -177,7 +178,7 @@ def _add_export(sub: Any) -> None:
         sub,
         "export",
         _cmd_export,
-        help="export a model package to onnx, int8, mobile, web, cpp",
+        help="export a model package to onnx, int8, mobile, web, cpp, tfjs",
         description="Write export targets into a model package; each is checked against the trained "
         "model's outputs on the stored sample and its parity recorded in ember.json.",
     )
@@ -187,7 +188,7 @@ def _add_export(sub: Any) -> None:
     p.add_argument(
         "--to",
         default="onnx",
-        help=f"comma-separated targets from {_TARGETS}, or all (default onnx)",
+        help=f"comma-separated targets from {_TARGETS},tfjs, or all (default onnx)",
     )
     p.add_argument(
         "--rtol", type=float, default=1e-4, help="fp32 relative tolerance (default 1e-4)"
@@ -210,6 +211,33 @@ def _cmd_export(args: argparse.Namespace) -> int:
     targets = [t.strip() for t in args.to.split(",") if t.strip()]
     export(args.package, targets, rtol=args.rtol, min_top1=args.min_top1, static=args.static)
     _console().print(inspect_text(args.package), markup=False)
+    return 0
+
+
+def _add_import_tfjs(sub: Any) -> None:
+    p = _command(
+        sub,
+        "import-tfjs",
+        _cmd_import_tfjs,
+        help="read weights trained in TF.js back into a model package",
+        description="Load a TF.js model.json (trained with the tfjs bundle's train.js or its page) "
+        "into the ember model of PACKAGE, check that both compute the same on the stored sample, "
+        "and write the result as a new package.",
+    )
+    p.add_argument("model_json", type=Path, help="the TF.js model.json (weights beside it)")
+    p.add_argument("package", type=Path, help="the package the tfjs target was exported from")
+    p.add_argument("--out", type=Path, required=True, help="the new package directory")
+    p.add_argument(
+        "--rtol", type=float, default=1e-4, help="fp32 relative tolerance (default 1e-4)"
+    )
+
+
+def _cmd_import_tfjs(args: argparse.Namespace) -> int:
+    from ember.export.tfjs import import_tfjs
+    from ember.package import inspect_text
+
+    import_tfjs(args.model_json, args.package, args.out, rtol=args.rtol)
+    _console().print(inspect_text(args.out), markup=False)
     return 0
 
 

@@ -21,7 +21,14 @@ __all__ = ["TARGETS", "ExportError", "MissingDependencyError", "export"]
 logger = logging.getLogger(__name__)
 
 # target name -> module inside ember.export; each module defines export_<target>(package_dir, **options).
-TARGETS = {"onnx": "onnx", "int8": "quantize", "mobile": "mobile", "web": "web", "cpp": "cpp"}
+TARGETS = {
+    "onnx": "onnx",
+    "int8": "quantize",
+    "mobile": "mobile",
+    "web": "web",
+    "cpp": "cpp",
+    "tfjs": "tfjs",
+}
 
 
 def export(
@@ -41,8 +48,9 @@ def export(
 
     Args:
         package_dir: a directory written by ``ember.save``.
-        targets: names from ``onnx, int8, mobile, web, cpp`` (a list or a comma-separated
-            string), or ``"all"``.
+        targets: names from ``onnx, int8, mobile, web, cpp, tfjs`` (a list or a
+            comma-separated string), or ``"all"`` (every target that takes the package: tfjs
+            only for an ``ember.Sequential``).
         rtol: fp32 tolerance on ``max_rel_diff`` (max abs diff / max |expected|).
         min_top1: int8 tolerance: smallest top-1 agreement with the trained model (classifiers).
         calibration_data: inputs ``(N, ...)`` for static int8 calibration; default the stored sample.
@@ -64,6 +72,10 @@ def export(
         True
     """
     names = _parse_targets(targets)
+    if names == list(TARGETS) and not _sequential(package_dir):
+        # "all" means every target that can take this package: tfjs needs an ember.Sequential
+        logger.info("Skipping tfjs: %s is not an ember.Sequential of ember layers", package_dir)
+        names.remove("tfjs")
     options = {
         "rtol": rtol,
         "min_top1": min_top1,
@@ -81,6 +93,13 @@ def export(
             logger.info("Exporting %s to %s", package_dir, name)
             results[name] = getattr(module, f"export_{name}")(package_dir, **options)
     return results
+
+
+def _sequential(package_dir: str | os.PathLike) -> bool:
+    from ember import package
+
+    architecture = package.read_manifest(package_dir).get("architecture")
+    return isinstance(architecture, dict) and architecture.get("kind") == "sequential"
 
 
 def _parse_targets(targets: str | Sequence[str]) -> list[str]:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import subprocess
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -111,29 +108,9 @@ def test_node_predict_without_node_fails_clearly(tmp_path, monkeypatch):
         web.node_predict(tmp_path, npm_dir=tmp_path)
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
-    extensions_map = {
-        **SimpleHTTPRequestHandler.extensions_map,
-        ".js": "text/javascript",
-        ".mjs": "text/javascript",
-        ".wasm": "application/wasm",
-        ".json": "application/json",
-    }
-
-    def log_message(self, *args) -> None:  # keep test output clean
-        pass
-
-
 @pytest.fixture
-def served_bundle(web_package):
-    handler = functools.partial(_QuietHandler, directory=str(web_package / "web"))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/index.html"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+def served_bundle(web_package, static_server):
+    return static_server(web_package / "web") + "/index.html"
 
 
 @pytest.mark.e2e
