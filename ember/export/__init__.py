@@ -72,7 +72,8 @@ def export(
         True
     """
     names = _parse_targets(targets)
-    if names == list(TARGETS) and not _sequential(package_dir):
+    everything = [targets] if isinstance(targets, str) else list(targets)
+    if [t.strip() for t in everything] == ["all"] and not _sequential(package_dir):
         # "all" means every target that can take this package: tfjs needs an ember.Sequential
         logger.info("Skipping tfjs: %s is not an ember.Sequential of ember layers", package_dir)
         names.remove("tfjs")
