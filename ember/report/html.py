@@ -219,17 +219,13 @@ def _summary_section(run: Run, named: bool) -> str:
 
 # -- helpers ----------------------------------------------------------------------------------------
 def _load_package(path: Path) -> dict:
-    from ember import package  # the package format's only reader
-
-    if not (path / package.MANIFEST).is_file():
+    manifest = path / "ember.json"
+    if not manifest.is_file():
         raise ReportError(
             f"--package expects a model package directory (written by ember.save) holding "
             f"ember.json. Received: {str(path)!r}, which has no ember.json."
         )
-    try:
-        return package.read_manifest(path)
-    except package.PackageError as exc:
-        raise ReportError(f"--package {str(path)!r}: {exc}") from None
+    return read_json(manifest)
 
 
 def _data_json(runs: list[Run], package: dict | None) -> str:
