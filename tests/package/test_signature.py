@@ -199,3 +199,30 @@ def test_format_1_package_still_loads(tmp_path):
     inputs, outputs = package.load_sample(path)
     assert inputs.shape == (5, 4) and outputs.shape == (5, 3)
     assert list(package.load_samples(path)) == ["stored"]
+
+
+class _BoolMasked(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, features, mask):
+        return self.fc(features.masked_fill(~mask, 0.0))
+
+
+def test_bool_mask_and_float_features_keep_their_dtypes_through_onnx(tmp_path):
+    from ember.export import export
+    from ember.export.onnx import onnx_runner
+
+    torch.manual_seed(0)
+    model = _BoolMasked().eval()
+    x, mask = torch.randn(3, 4), torch.rand(3, 4) > 0.3
+    path = package.save(model, tmp_path / "m", example_input=(x, mask))
+    signature = package.read_manifest(path)["signature"]
+    assert [(s["name"], s["dtype"]) for s in signature["inputs"]] == [
+        ("features", "float32"),
+        ("mask", "bool"),
+    ]
+    export(path, ["onnx"])
+    (out,) = onnx_runner(path / "model.onnx")({"features": x.numpy(), "mask": mask.numpy()})
+    np.testing.assert_allclose(out, model(x, mask).detach().numpy(), atol=1e-6)
