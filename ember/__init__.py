@@ -1,6 +1,6 @@
 """ember: build, train, watch, scale, export and serve PyTorch models in one package."""
 
-from ember import layers
+from ember import data, layers, losses, metrics
 from ember.data import load_digits
 from ember.model import Model, Sequential
 from ember.train import (
@@ -32,20 +32,27 @@ __all__ = [
     "Trainer",
     "__version__",
     "compile",
+    "data",
     "export",
     "layers",
     "load",
     "load_digits",
+    "losses",
+    "metrics",
     "save",
 ]
 
 
 def __getattr__(name: str):
     # save / load / export live in modules that other parts import lazily; resolve on first use.
-    if name in ("save", "load"):
+    if name == "save":
         from ember import package
 
-        return getattr(package, name)
+        return package.save
+    if name == "load":  # a Model back (predict, evaluate, fit), over ember.package.load
+        from ember.loading import load
+
+        return load
     if name == "export":
         import ember.export  # a callable module: ember.export(pkg, ["onnx"]) and ember.export.TARGETS
 

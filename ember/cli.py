@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log progress and show tracebacks"
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_train(sub)
     _add_demo(sub)
@@ -95,11 +96,28 @@ def _add_train(sub: Any) -> None:
         sub,
         "train",
         _cmd_train,
-        help="train the built-in digits CNN",
-        description="Train a small CNN on scikit-learn's bundled 8x8 digits (no download). Writes "
-        "TensorBoard logs and checkpoints to OUTPUT/runs and the model package to OUTPUT/model.",
+        help="train on a CSV file, an image folder, or the built-in digits",
+        description="Train a default model (or --model module:function) on DATA: a CSV file "
+        "(--target COLUMN) or a folder of images with one sub-folder per class. Without DATA, a "
+        "small CNN on scikit-learn's bundled 8x8 digits (no download). Writes TensorBoard logs, "
+        "the report and checkpoints to OUTPUT/runs and the model package to OUTPUT/model.",
+    )
+    p.add_argument("data", nargs="?", type=Path, help="a .csv file or an image folder")
+    p.add_argument("--target", help="the CSV column to predict")
+    p.add_argument(
+        "--task", choices=("classification", "regression"), help="default: guessed from the target"
+    )
+    p.add_argument("--model", help="module:function returning your nn.Module (default: built in)")
+    p.add_argument(
+        "--image-size",
+        type=_positive_int,
+        nargs=2,
+        default=(64, 64),
+        metavar=("H", "W"),
+        help="resize images to H W (default 64 64)",
     )
     _training_options(p)
+    p.set_defaults(output=None)  # ember_output for DATA, demo_output for the digits
 
 
 def _train(args: argparse.Namespace) -> dict:
@@ -120,15 +138,46 @@ def _train(args: argparse.Namespace) -> dict:
     )
 
 
+def _train_files(args: argparse.Namespace) -> dict:
+    from ember.train_files import train_files
+
+    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    return train_files(
+        args.data,
+        target=args.target,
+        task=args.task,
+        model=args.model,
+        image_size=tuple(args.image_size),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        output=args.output or Path("ember_output"),
+        seed=args.seed,
+        progress=not args.no_progress,
+        precision=args.precision,
+        devices=devices,
+        strategy=args.strategy,
+        num_nodes=args.num_nodes,
+    )
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    result = _train(args)
+    if args.data is None:
+        args.output = args.output or Path("demo_output")
+    result = _train_files(args) if args.data is not None else _train(args)
     if result["package"] is None:
         return 0  # a non-zero rank of a distributed run
     console = _console()
-    console.print(f"test accuracy: [bold]{result['test_accuracy']:.4f}[/]")
+    if args.data is not None:
+        scores = ", ".join(f"{k}={v:.4f}" for k, v in result["metrics"].items())
+        console.print(f"validation: [bold]{scores}[/]")
+    else:
+        console.print(f"test accuracy: [bold]{result['test_accuracy']:.4f}[/]")
     console.print(
         f"TensorBoard logs: {result['log_dir']}  (tensorboard --logdir {result['log_dir'].parent})"
     )
+    if (result["log_dir"] / "report.html").exists():
+        console.print(f"report: {result['log_dir'] / 'report.html'}")
     console.print(f"model package: {result['package']}")
     return 0
 
@@ -253,12 +302,16 @@ def _add_serve(sub: Any) -> None:
     )
     p.add_argument("path", type=Path, help="repository, package directory or .onnx file")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="REST port (default 8080; 0 picks one)")
-    p.add_argument("--grpc-port", type=int, default=8081, help="KServe v2 gRPC port (default 8081)")
+    p.add_argument("--port", type=_port, default=8080, help="REST port (default 8080; 0 picks one)")
+    p.add_argument(
+        "--grpc-port", type=_port, default=None,
+        help="KServe v2 gRPC port (default PORT+1, or a free one with --port 0)",
+    )  # fmt: skip
     p.add_argument("--no-grpc", action="store_true", help="do not serve gRPC")
     p.add_argument(
-        "--management-port", type=int, default=8082, help="management API port on 127.0.0.1"
-    )
+        "--management-port", type=_port, default=None,
+        help="management API port on 127.0.0.1 (default PORT+2, or a free one with --port 0)",
+    )  # fmt: skip
     p.add_argument("--no-management", action="store_true", help="do not serve the management API")
     p.add_argument(
         "--token-file", type=Path, default=None, help="management bearer token file (mode 0600)"
@@ -286,6 +339,10 @@ def _add_serve(sub: Any) -> None:
     )
     p.add_argument("--grace-period", type=float, default=30.0, help="seconds to drain at shutdown")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument(
+        "--strict-readiness", action="store_true",
+        help="ready only while every model serves (default: while at least one does)",
+    )  # fmt: skip
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -295,12 +352,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{args.path} does not exist: pass a model repository, a package or a .onnx file."
         )
+    grpc_port, management_port = serve_ports(args.port, args.grpc_port, args.management_port)
+    logging.getLogger("ember.serve").setLevel(logging.INFO)  # where it listens, what it loaded
     return serve(
         args.path,
         host=args.host,
         port=args.port,
-        grpc_port=None if args.no_grpc else args.grpc_port,
-        management_port=None if args.no_management else args.management_port,
+        grpc_port=None if args.no_grpc else grpc_port,
+        management_port=None if args.no_management else management_port,
         token_file=args.token_file,
         poll_interval=args.poll_interval,
         max_batch_size=args.max_batch_size,
@@ -311,6 +370,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         runtime=args.runtime,
         grace_period=args.grace_period,
         access_log=args.access_log,
+        strict_readiness=args.strict_readiness,
     )
 
 
@@ -338,10 +398,56 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_ports(port: int, grpc_port: int | None, management_port: int | None) -> tuple[int, int]:
+    """The gRPC and management ports: as given, else PORT+1 and PORT+2 (free ones for PORT 0).
+
+    A second server started with another `--port` (or `--port 0`) then clashes with nothing.
+
+    Example:
+        >>> serve_ports(9000, None, None), serve_ports(0, None, None)
+        ((9001, 9002), (0, 0))
+    """
+    derived = (0, 0) if port == 0 else (port + 1, port + 2)
+    if derived[1] > 65535 and management_port is None or derived[0] > 65535 and grpc_port is None:
+        raise ValueError(
+            f"--port {port} leaves no room for the gRPC and management ports (PORT+1, PORT+2): "
+            "pass --grpc-port and --management-port, or a lower --port."
+        )
+    return (
+        derived[0] if grpc_port is None else grpc_port,
+        derived[1] if management_port is None else management_port,
+    )
+
+
+def _version() -> str:
+    import platform
+
+    import torch
+
+    from ember import __version__
+
+    return f"ember {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, received {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected a port number 0..65535 (0 picks a free one), received {text}"
+        )
     return value
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from ember.layers import auto_names, check_call, materialize
 from ember.train import steps
 
 __all__ = ["Model", "Sequential"]
+
+log = logging.getLogger(__name__)
 
 
 class Model(nn.Module):
@@ -68,13 +71,19 @@ class Model(nn.Module):
         callbacks: list | None = None,
         shuffle: bool = True,
         verbose: bool = True,
+        class_weight: dict | None = None,
+        sample_weight: Any = None,
+        steps_per_epoch: int | None = None,
+        validation_steps: int | None = None,
         **trainer_kwargs: Any,
     ):
-        """Train on arrays, tensors, a Dataset or a DataLoader; returns a History.
+        """Train on arrays, tensors, a Dataset, a DataLoader or a generator; returns a History.
 
         Args:
-            x, y: inputs and targets (numpy arrays or tensors), or `x` a Dataset / DataLoader.
-            batch_size: samples per batch (ignored for a DataLoader).
+            x, y: inputs and targets (numpy arrays or tensors; a dict or tuple of them for a model
+                with several inputs), or `x` a Dataset, a DataLoader, a generator or any iterable
+                yielding `(x, y)` batches.
+            batch_size: samples per batch (ignored for a DataLoader or a generator).
             epochs: number of epochs.
             validation_split: fraction of the training data held out for validation (the last
                 samples, as in Keras).
@@ -82,26 +91,85 @@ class Model(nn.Module):
             callbacks: ember Callbacks (EarlyStopping, ModelCheckpoint, ...).
             shuffle: reshuffle the training data every epoch.
             verbose: show the progress bar.
+            class_weight: {class index: weight}; each sample's training loss is multiplied by
+                its class's weight (classes not named weigh 1), e.g. {0: 1.0, 1: 10.0}.
+            sample_weight: one weight per sample of `x` (array or tensor); each sample's training
+                loss is multiplied by it. Validation values stay unweighted.
+            steps_per_epoch: batches per epoch taken from a generator (Keras' habit: a generator
+                that loops forever and `steps_per_epoch=N`); default the whole iterable.
+            validation_steps: the same for a validation generator.
             **trainer_kwargs: any `ember.Trainer` argument (precision, seed, logger, ...).
         """
         train, val = _fit_data(x, y, validation_split, validation_data)
-        train_loader = _data.make_loader(train, batch_size=batch_size, shuffle=shuffle)
-        val_loader = _data.make_loader(val, batch_size=batch_size) if val is not None else None
+        if sample_weight is not None:
+            train = _with_sample_weight(train, x, y, sample_weight)
+        train_loader = _data.make_loader(
+            train, batch_size=batch_size, shuffle=shuffle, steps=steps_per_epoch
+        )
+        val_loader = (
+            _data.make_loader(val, batch_size=batch_size, steps=validation_steps)
+            if val is not None
+            else None
+        )
+        self._fit_sample = _sample_inputs(train_loader)  # lets save() trace without example_input
         from ember.train.trainer import Trainer
 
         trainer_kwargs.setdefault("enable_progress_bar", verbose)
         self.trainer = Trainer(max_epochs=epochs, callbacks=callbacks, **trainer_kwargs)
-        return self.trainer.fit(self, train_loader, val_loader)
+        if class_weight is None and sample_weight is None:
+            return self.trainer.fit(self, train_loader, val_loader)
+        from ember.train.sample_weights import class_weight_tensor, weighted_train_step
+
+        table = class_weight_tensor(class_weight) if class_weight is not None else None
+        # An instance attribute shadows the method for this fit only (the Trainer calls it).
+        self.train_step = weighted_train_step(self, table, sample_weight is not None)
+        try:
+            return self.trainer.fit(self, train_loader, val_loader)
+        finally:
+            del self.train_step
 
     def evaluate(self, x: Any, y: Any = None, *, batch_size: int = 32) -> dict[str, float]:
         """Loss and compiled metrics on the given data, e.g. {"loss": 0.1, "accuracy": 0.97}."""
         loader = _data.make_loader(x, y, batch_size=batch_size)
         return _quiet_trainer(self).validate(self, loader)
 
-    def predict(self, x: Any, *, batch_size: int = 32) -> np.ndarray:
-        """The model's outputs for `x`, as a numpy array."""
+    def predict(self, x: Any, *, batch_size: int = 32, activation: str | None = None) -> np.ndarray:
+        """The model's raw outputs for `x` as a numpy array (logits for a logits head).
+
+        Args:
+            x: inputs (numpy arrays, tensors, a Dataset or a DataLoader).
+            batch_size: samples per batch.
+            activation: None (the outputs as they are), "softmax" (over the last dim) or
+                "sigmoid" to turn logits into probabilities; see also `predict_proba`.
+        """
+        if activation not in _PREDICT_ACTIVATIONS:
+            raise ValueError(
+                f"Unknown activation {activation!r} for predict. Choose one of: None, "
+                f"{', '.join(a for a in _PREDICT_ACTIVATIONS if a)}."
+            )
         loader = _data.make_loader(x, batch_size=batch_size)
-        return _quiet_trainer(self).predict(self, loader).numpy()
+        out = _quiet_trainer(self).predict(self, loader)
+        if activation == "softmax":
+            out = out.softmax(dim=-1)
+        elif activation == "sigmoid":
+            out = out.sigmoid()
+        return out.numpy()
+
+    def predict_proba(self, x: Any, *, batch_size: int = 32) -> np.ndarray:
+        """Probabilities for `x`: softmax of logits (sigmoid for one output); outputs of a model
+        that ends in a sigmoid or softmax (or compiled with `from_logits=False`) as they are."""
+        cfg = getattr(self, "_ember_compile", None)
+        if cfg is not None:
+            logits = cfg.from_logits
+        else:
+            from ember.losses import infer_from_logits
+
+            logits = infer_from_logits(self)[0]
+        out = self.predict(x, batch_size=batch_size)
+        if not logits:
+            return out
+        t = torch.from_numpy(out)
+        return (t.sigmoid() if t.ndim == 1 or t.shape[-1] == 1 else t.softmax(dim=-1)).numpy()
 
     def summary(self, input_shape: Iterable[int] | None = None, print_fn: Any = print) -> str:
         """Print (and return) a table of layers, output shapes and parameter counts."""
@@ -116,12 +184,69 @@ class Model(nn.Module):
         return None
 
     def save(self, path: str | Path, example_input: Any = None, **kwargs: Any) -> Path:
-        """Write a model package (see `ember.save`)."""
+        """Write a model package (see `ember.save`).
+
+        Without `example_input`, the model is traced on the `Input` layer's shape or on the
+        sample of inputs the last `fit` kept (up to 64 rows of its training data, also stored as
+        the package's parity sample unless `sample_inputs` is given).
+        """
         from ember import package
 
+        sample = getattr(self, "_fit_sample", None)  # CPU tensors, as the model is saved on CPU
+        if sample is not None:
+            kwargs.setdefault("sample_inputs", sample)
         if example_input is None and self._input_shape() is not None:
             example_input = torch.zeros((1, *self._input_shape()))
-        return package.save(self, path, example_input=example_input, **kwargs)
+        if example_input is None:
+            example_input = sample
+        if example_input is None:
+            raise ValueError(
+                f"save() needs an example input to trace {type(self).__name__}: call fit() first "
+                "(it keeps a sample of its data), pass one batch, model.save(path, "
+                "example_input=x[:1]), or start the model with layers.Input(shape)."
+            )
+        if isinstance(example_input, torch.Tensor):
+            example_input = example_input.cpu()
+        device = _device_of(self)
+        self.cpu()  # trace and store on the CPU, where every export target starts from
+        try:
+            return package.save(self, path, example_input=example_input, **kwargs)
+        finally:
+            self.to(device)
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Every weight and buffer (`state_dict` order) as numpy arrays, as Keras' `get_weights`.
+
+        Example:
+            >>> other.set_weights(model.get_weights())
+        """
+        from torch.nn.parameter import is_lazy
+
+        state = self.state_dict()
+        if any(is_lazy(t) for t in state.values()):
+            raise ValueError(
+                f"{type(self).__name__} is not built yet: its lazy layers get their shapes from the "
+                "first input. Call the model (or fit) once, or start it with layers.Input(shape)."
+            )
+        return [t.detach().cpu().numpy().copy() for t in state.values()]
+
+    def set_weights(self, weights: list[Any]) -> None:
+        """Load arrays in `get_weights()` order (same count and shapes), as Keras' `set_weights`."""
+        state = self.state_dict()
+        if len(weights) != len(state):
+            raise ValueError(
+                f"set_weights expected {len(state)} arrays (get_weights() order), "
+                f"received {len(weights)}."
+            )
+        new = {}
+        for (key, old), w in zip(state.items(), weights):
+            t = _data.as_tensor(w, key)
+            if tuple(t.shape) != tuple(old.shape):
+                raise ValueError(
+                    f"set_weights: {key} has shape {tuple(old.shape)}, received {tuple(t.shape)}."
+                )
+            new[key] = t.to(dtype=old.dtype)
+        self.load_state_dict(new)
 
 
 class Sequential(Model):
@@ -166,6 +291,8 @@ class Sequential(Model):
             materialize(self, self.layers[0].example(batch_size=2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, np.ndarray):  # model(x_numpy) works as predict(x_numpy) does
+            x = _data.as_tensor(x, "x").to(_device_of(self))
         # Errors name the layer and the shapes (check_call raises a ValueError saying which).
         for name, layer in zip(self._names, self.layers):
             x = check_call(name, layer, x)
@@ -197,16 +324,19 @@ class Sequential(Model):
         return cls(built)
 
 
+_PREDICT_ACTIVATIONS = (None, "softmax", "sigmoid")
+
+
 def _fit_data(x: Any, y: Any, validation_split: float | None, validation_data: Any):
     if x is None:
         raise ValueError("fit() needs training data: fit(x, y) or fit(dataset).")
     if validation_split is not None and validation_data is not None:
         raise ValueError("Pass either `validation_split` or `validation_data`, not both.")
     if validation_split is not None:
-        if isinstance(x, torch.utils.data.DataLoader):
+        if isinstance(x, torch.utils.data.DataLoader) or _data.is_batch_iterable(x):
             raise ValueError(
-                "`validation_split` needs arrays, tensors or a Dataset; for a DataLoader pass "
-                "`validation_data`."
+                "`validation_split` needs arrays, tensors or a Dataset; for a DataLoader or a "
+                "generator pass `validation_data`."
             )
         return _data.split_dataset(_data.as_dataset(x, y), validation_split)
     train = x if y is None else _data.as_dataset(x, y)
@@ -215,6 +345,57 @@ def _fit_data(x: Any, y: Any, validation_split: float | None, validation_data: A
     if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
         return train, _data.as_dataset(*validation_data)
     return train, validation_data
+
+
+def _with_sample_weight(train: Any, x: Any, y: Any, sample_weight: Any) -> Any:
+    """The training set yielding `(x, (y, w))`; the weights follow a validation split's indices."""
+    from ember.train.sample_weights import WeightedDataset
+
+    if y is None:
+        raise ValueError(
+            "`sample_weight` needs `x` and `y` as arrays or tensors (one weight per sample). "
+            "For a Dataset or DataLoader, yield the weight from it and override train_step."
+        )
+    weights = _data.as_tensor(sample_weight, "sample_weight").float().reshape(-1)
+    if len(weights) != len(_data.as_tensor(y, "y")):
+        raise ValueError(
+            "`sample_weight` must have one weight per sample. "
+            f"Received: {len(weights)} weights for {len(_data.as_tensor(y, 'y'))} samples"
+        )
+    if isinstance(train, torch.utils.data.Subset):  # validation_split kept the first samples
+        weights = weights[list(train.indices)]
+    return WeightedDataset(train, weights)
+
+
+def _sample_inputs(loader: Any, rows: int = 64) -> Any:
+    """Up to `rows` inputs from the training data, without consuming any of it (None if unknown)."""
+    try:
+        if isinstance(loader, _data.BatchStream):
+            batch = loader.peek()
+        elif isinstance(loader, torch.utils.data.DataLoader) and loader.batch_size is not None:
+            items = [loader.dataset[i] for i in range(min(rows, len(loader.dataset)))]
+            batch = loader.collate_fn(items)
+        else:
+            return None
+        x, _ = steps.split_batch(batch)
+    except Exception as exc:  # a sample is a convenience for save(); never fail a fit for it
+        log.debug("No sample of the training inputs kept: %s", exc)
+        return None
+    return _map_tensors(x, lambda t: t[:rows].detach().cpu())
+
+
+def _map_tensors(x: Any, fn: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return fn(x)
+    if isinstance(x, dict):
+        return {k: _map_tensors(v, fn) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return tuple(_map_tensors(v, fn) for v in x)
+    return x
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
 def _quiet_trainer(model: Model):

@@ -96,3 +96,47 @@ def test_demo_trains_to_095_exports_serves_and_answers_every_protocol(tmp_path):
     assert set(manifest["targets"]) == {"onnx", "int8"}
     assert manifest["targets"]["onnx"]["max_abs_diff"] < 1e-4
     assert (tmp_path / "runs" / "digits" / "version_0" / "report.html").is_file()
+
+
+def test_version_prints_ember_and_torch_versions(capsys):
+    import torch
+
+    import ember
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"ember {ember.__version__} (torch {torch.__version__}")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["train", "--epochs", "abc"],
+            "argument --epochs: expected a positive integer, received abc",
+        ),
+        (["train", "--batch-size", "1.5"], "argument --batch-size: expected a positive integer"),
+        (["serve", ".", "--port", "http"], "argument --port: expected a port number 0..65535"),
+        (["serve", ".", "--grpc-port", "70000"], "argument --grpc-port: expected a port number"),
+    ],
+)
+def test_bad_values_name_the_option_not_private_helpers(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "_positive_int" not in err and "_port" not in err and "Traceback" not in err
+
+
+def test_serve_ports_are_derived_from_the_rest_port_so_two_servers_do_not_clash():
+    from ember.cli import serve_ports
+
+    assert serve_ports(8080, None, None) == (8081, 8082)
+    assert serve_ports(9000, None, None) == (9001, 9002)
+    assert serve_ports(0, None, None) == (0, 0)  # every port free
+    assert serve_ports(0, 7001, None) == (7001, 0)
+    with pytest.raises(ValueError, match="pass --grpc-port and --management-port"):
+        serve_ports(65535, None, None)

@@ -152,3 +152,26 @@ def test_sequential_config_round_trip():
     clone.load_state_dict(model.state_dict())
     x = torch.randn(3, 1, 8, 8)
     assert torch.equal(model(x), clone(x))
+
+
+def test_predict_returns_raw_outputs_and_probabilities_on_request(blobs):
+    x, y = blobs
+    model = ember.Sequential([layers.Input((4,)), layers.Dense(3)])
+    model.compile("adam", "cross_entropy")
+    raw = model.predict(x[:8])
+    assert not np.allclose(raw.sum(axis=1), 1)
+    expected = torch.from_numpy(raw).softmax(-1).numpy()
+    assert np.allclose(model.predict(x[:8], activation="softmax"), expected, atol=1e-6)
+    assert np.allclose(model.predict_proba(x[:8]), expected, atol=1e-6)
+    assert np.allclose(
+        model.predict(x[:8], activation="sigmoid"), 1 / (1 + np.exp(-raw)), atol=1e-6
+    )
+    with pytest.raises(ValueError, match="Unknown activation 'relu' for predict. Choose one of"):
+        model.predict(x[:8], activation="relu")
+
+
+def test_predict_proba_of_one_logit_is_its_sigmoid():
+    x = np.random.default_rng(0).normal(size=(16, 2)).astype(np.float32)
+    model = ember.Sequential([layers.Input((2,)), layers.Dense(1)])
+    raw = model.predict(x)
+    assert np.allclose(model.predict_proba(x), 1 / (1 + np.exp(-raw)), atol=1e-6)

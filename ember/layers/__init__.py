@@ -28,6 +28,7 @@ from ember.layers.conv import Conv1D, Conv2D
 from ember.layers.core import Activation, Dense, Dropout, Embedding, Flatten, Input, Reshape
 from ember.layers.normalization import BatchNorm, LayerNorm
 from ember.layers.pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from ember.layers.preprocessing import Rescaling, TableEncoder
 from ember.layers.recurrent import GRU, LSTM
 
 __all__ = [
@@ -48,7 +49,9 @@ __all__ = [
     "LayerCallError",
     "LayerNorm",
     "MaxPool2D",
+    "Rescaling",
     "Reshape",
+    "TableEncoder",
     "auto_names",
     "check_call",
     "format_shape",

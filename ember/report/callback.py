@@ -1,10 +1,12 @@
-"""`ReportCallback`: write `report.html` (and `confusion.json`) into the run directory."""
+"""`ReportCallback`: write `report.html` (and `confusion.json`, `report.json`) into the run directory."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import platform
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,26 +18,32 @@ from ember.train.steps import split_batch
 if TYPE_CHECKING:
     from ember.train.trainer import Trainer
 
-__all__ = ["ReportCallback", "confusion_matrix"]
+__all__ = ["ReportCallback", "StepLosses", "confusion_matrix"]
 
 log = logging.getLogger(__name__)
+
+_FLUSH_EVERY = 256  # step losses read from the device in batches: one sync per 256 steps
 
 
 class ReportCallback(Callback):
     """Write the training report into the run directory when `fit` ends, or stops with an error.
 
-    For a classifier (outputs `(N, C)` with C >= 2, integer targets) it first runs the model over
-    the validation data and writes `confusion.json`, which the report shows as a confusion matrix
-    with per-class precision and recall. A report that cannot be written is logged, never raised:
-    it must not fail a run or hide the run's own error.
+    While training it records the loss of every optimizer step (`StepLosses`) and, when `fit`
+    starts, the environment (versions, device, seed, batch size, learning rate); both go into
+    `report.json`. For a classifier (outputs `(N, C)` with C >= 2, integer targets) it runs the
+    model over the validation data and writes `confusion.json`, which the report shows as a
+    confusion matrix with per-class precision and recall. With `test_data` it evaluates the
+    trained model on it and shows the test metrics at the top. A report that cannot be written is
+    logged, never raised: it must not fail a run or hide the run's own error.
 
     Args:
         filename: the report's file name inside the run directory.
         package_dir: a model package of this run whose export parity table to show.
         confusion: compute the confusion matrix on the validation data.
+        test_data: data (as `fit` takes it) to evaluate the trained model on when `fit` ends.
 
     Example:
-        >>> trainer = ember.Trainer(max_epochs=3, callbacks=[ReportCallback(package_dir="pkg")])
+        >>> trainer = ember.Trainer(max_epochs=3, callbacks=[ReportCallback(test_data=test)])
     """
 
     def __init__(
@@ -43,6 +51,7 @@ class ReportCallback(Callback):
         filename: str = "report.html",
         package_dir: str | os.PathLike | None = None,
         confusion: bool = True,
+        test_data: Any = None,
     ) -> None:
         if not isinstance(filename, str) or not filename or "/" in filename:
             raise ValueError(
@@ -52,9 +61,24 @@ class ReportCallback(Callback):
         self.filename = filename
         self.package_dir = package_dir
         self.confusion = confusion
+        self.test_data = test_data
         self.path: Path | None = None
+        self.step_losses = StepLosses()
+        self._environment: dict[str, Any] = {}
+
+    def on_fit_start(self, trainer: Trainer, module: Any) -> None:
+        self.step_losses = StepLosses()
+        if trainer.is_global_zero:
+            self._environment = environment(trainer)
+
+    def on_train_batch_end(self, trainer: Trainer, module: Any, logs: dict, batch_idx: int) -> None:
+        if trainer.at_step_boundary:
+            self.step_losses.add(trainer.global_step, logs["loss"])
 
     def on_fit_end(self, trainer: Trainer, module: Any) -> None:
+        test = {}
+        if self.test_data is not None:  # every process: evaluation averages over them
+            test = trainer.validate(module, self.test_data)
         if not trainer.is_global_zero:
             return
         if self.confusion:
@@ -62,20 +86,22 @@ class ReportCallback(Callback):
                 _write_confusion(trainer, module)
             except Exception as exc:  # the rest of the report is still worth writing
                 log.warning("No confusion matrix in the report: %s: %s", type(exc).__name__, exc)
-        self._write(trainer, status=None)
+        self._write(trainer, status=None, test=test)
 
     def on_exception(self, trainer: Trainer, module: Any, error: BaseException) -> None:
         if trainer.is_global_zero:
-            self._write(trainer, status=f"Training stopped: {type(error).__name__}: {error}")
+            status = f"Training stopped: {type(error).__name__}: {error}"
+            self._write(trainer, status=status, test={})
 
-    def _write(self, trainer: Trainer, status: str | None) -> None:
-        try:
-            import matplotlib  # noqa: F401  (the report extra)
-        except ImportError:
-            log.info("No report.html: matplotlib is missing (pip install 'ember[report]').")
-            return
+    def _write(self, trainer: Trainer, status: str | None, test: dict) -> None:
         from ember.report.html import write_report
 
+        try:
+            losses = self.step_losses.as_dict()
+            extra = {"steps": losses, "environment": self._environment, "test": test}
+            (trainer.log_dir / "report.json").write_text(json.dumps(extra, default=str))
+        except Exception as exc:
+            log.warning("report.json not written: %s: %s", type(exc).__name__, exc)
         package = self.package_dir
         if package is not None and not (Path(package) / "ember.json").is_file():
             log.warning("Report without a parity table: %s is not a model package yet", package)
@@ -86,6 +112,108 @@ class ReportCallback(Callback):
             )
         except Exception as exc:
             log.warning("Could not write the training report: %s: %s", type(exc).__name__, exc)
+
+
+class StepLosses:
+    """The training loss per optimizer step, in at most `limit` points.
+
+    Losses on an accelerator stay there and are read 256 at a time (one sync each). When `limit`
+    points are held, neighbours are averaged in pairs and each later point averages twice as many
+    steps (`every`): a long run keeps its whole curve at a bounded size.
+
+    Args:
+        limit: the most points kept (even, >= 2).
+
+    Example:
+        >>> losses = StepLosses(limit=4)
+        >>> for step in range(1, 7):
+        ...     losses.add(step, torch.tensor(float(step)))
+        >>> losses.as_dict()
+        {'step': [2, 4, 6], 'loss': [1.5, 3.5, 5.5], 'every': 2}
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        if not isinstance(limit, int) or limit < 2 or limit % 2:
+            raise ValueError(f"`limit` must be an even integer >= 2. Received: limit={limit!r}")
+        self.limit = limit
+        self.every = 1
+        self.step: list[int] = []
+        self.loss: list[float] = []
+        self._pending_steps: list[int] = []
+        self._pending: list = []  # floats (CPU) or detached scalar tensors (accelerators)
+        self._sum, self._count = 0.0, 0  # the bucket being filled (`every` steps a point)
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        """Record the loss of optimizer step `step` (a scalar tensor)."""
+        self._pending_steps.append(step)
+        # On the CPU a read is free (~1 us); an accelerator's losses wait to be read together.
+        self._pending.append(loss.item() if loss.is_cpu else loss.detach())
+        if len(self._pending) >= _FLUSH_EVERY:
+            self._flush()
+
+    def as_dict(self) -> dict[str, Any]:
+        """{"step": [...], "loss": [...], "every": steps per point}: what report.json holds."""
+        self._flush()
+        return {"step": list(self.step), "loss": list(self.loss), "every": self.every}
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        values = self._pending
+        if isinstance(values[0], torch.Tensor):
+            values = torch.stack(values).float().cpu().tolist()
+        for step, value in zip(self._pending_steps, values):
+            self._sum += value
+            self._count += 1
+            if self._count == self.every:
+                self.step.append(step)
+                self.loss.append(self._sum / self._count)
+                self._sum, self._count = 0.0, 0
+                if len(self.loss) >= self.limit:
+                    self._halve()
+        self._pending_steps, self._pending = [], []
+
+    def _halve(self) -> None:
+        self.step = self.step[1::2]
+        self.loss = [(a + b) / 2 for a, b in zip(self.loss[::2], self.loss[1::2])]
+        self.every *= 2
+
+
+def environment(trainer: Trainer) -> dict[str, Any]:
+    """What the report's header shows about where and how a run trained.
+
+    Returns:
+        ember, torch and Python versions, platform, device, seed, batch size (and the effective
+        one: x accumulation x processes), the optimizer and its learning rate, precision.
+
+    Example:
+        >>> environment(trainer)["device"]  # doctest: +SKIP
+        'cpu'
+    """
+    from ember import __version__
+
+    device = str(trainer.device)
+    if trainer.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(trainer.device)})"
+    env: dict[str, Any] = {
+        "ember": __version__,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": f"{platform.system()} {platform.machine()}",
+        "device": device,
+        "seed": trainer.seed,
+        "precision": trainer.precision.name,
+    }
+    batch = getattr(trainer.train_loader, "batch_size", None)
+    if isinstance(batch, int):
+        env["batch_size"] = batch
+        scale = trainer.accumulate_grad_batches * getattr(trainer.strategy, "world_size", 1)
+        if scale != 1:
+            env["effective_batch_size"] = batch * scale
+    if trainer.optimizer is not None:
+        env["optimizer"] = type(trainer.optimizer).__name__
+        env["lr"] = trainer.optimizer.param_groups[0].get("lr")
+    return env
 
 
 def confusion_matrix(

@@ -1,19 +1,23 @@
-"""The training report: one self-contained HTML file (inline SVG, CSS and data; no network).
+"""The training report: one self-contained HTML file (CSS, data and a small script inline; no network).
 
 `write_report` and `render_report` turn loaded runs (`ember.report.run`: `Run`, `load_run`,
-re-exported here) into the page: overview, curves (`ember.report.plots`), confusion matrix,
-export parity, hyper-parameters and model summary.
+re-exported here) into the page: overview, environment and test metrics, charts (their data from
+`ember.report.charts`, drawn as SVG in the page by `report.js`), confusion matrix, export parity,
+hyper-parameters and model summary. Rendering is string formatting: a few milliseconds.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
 
+from ember.report import charts
 from ember.report.run import LOOKED_FOR, ReportError, Run, load_run, read_json  # noqa: F401
 
 __all__ = ["ReportError", "Run", "load_run", "render_report", "write_report"]
@@ -78,18 +82,13 @@ def render_report(
     Returns:
         A complete HTML document.
     """
-    from ember.report import plots
-
     title = "ember report: " + ", ".join(r.name for r in runs)
-    body = [f"<h1>{_e(title)}</h1>", _overview(runs, status)]
-    if any(r.epochs for r in runs):
-        body += _section("Loss and metrics", plots.metric_figures(runs))
-        body += _section("Learning rate and speed", plots.timing_figures(runs))
-        for run in runs:
-            body += _section(
-                "Weight and gradient norms" + (f" - {run.name}" if len(runs) > 1 else ""),
-                plots.norm_figures(run, with_name=len(runs) > 1),
-            )
+    body = [f"<h1>{_e(title)}</h1>", _overview(runs, status), _environment(runs), _tests(runs)]
+    body.append(
+        '<div id="ember-charts"><noscript><p>The charts are drawn by the page\'s script: allow '
+        "JavaScript to see them (their data is in the ember-report-data JSON below).</p>"
+        "</noscript></div>"
+    )
     for run in runs:
         if run.confusion:
             body.append(_confusion_section(run, named=len(runs) > 1))
@@ -97,7 +96,13 @@ def render_report(
         body.append(_parity_section(package))
     body.append(_hparams_section(runs))
     body += [_summary_section(r, named=len(runs) > 1) for r in runs if r.record.get("summary")]
-    return _PAGE.format(title=_e(title), body="\n".join(body), data=_data_json(runs, package))
+    chart_list = charts.charts(runs) if any(r.epochs or r.steps for r in runs) else []
+    return _PAGE.format(
+        title=_e(title),
+        body="\n".join(b for b in body if b),
+        data=_data_json(runs, package, chart_list),
+        script=_script(),
+    )
 
 
 # -- sections ---------------------------------------------------------------------------------------
@@ -123,11 +128,51 @@ def _overview(runs: list[Run], status: str | None) -> str:
     return f"{banner}<table>{head}{''.join(rows)}</table>"
 
 
-def _section(title: str, figures: list[str]) -> list[str]:
-    if not figures:
-        return []
-    inner = "".join(f'<figure class="plot">{svg}</figure>' for svg in figures)
-    return [f"<section><h2>{_e(title)}</h2><div class='grid'>{inner}</div></section>"]
+_ENVIRONMENT = (
+    ("ember", "ember"),
+    ("torch", "torch"),
+    ("python", "python"),
+    ("platform", "platform"),
+    ("device", "device"),
+    ("seed", "seed"),
+    ("batch_size", "batch size"),
+    ("effective_batch_size", "effective batch size"),
+    ("lr", "effective lr"),
+    ("optimizer", "optimizer"),
+    ("precision", "precision"),
+)
+
+
+def _environment(runs: list[Run]) -> str:
+    """Versions, device, seed, batch size and learning rate, one column per run."""
+    envs = [r.environment for r in runs]
+    keys = [(k, label) for k, label in _ENVIRONMENT if any(k in e for e in envs)]
+    if not keys:
+        return ""
+    head = "".join(f"<th>{_e(r.name)}</th>" for r in runs) if len(runs) > 1 else "<th></th>"
+    rows = "".join(
+        f"<tr><th>{_e(label)}</th>"
+        + "".join(f"<td>{_e(_num(e.get(k, '-')))}</td>" for e in envs)
+        + "</tr>"
+        for k, label in keys
+    )
+    return f'<table class="environment"><tr><th>environment</th>{head}</tr>{rows}</table>'
+
+
+def _tests(runs: list[Run]) -> str:
+    """Test metrics (`ReportCallback(test_data=...)`), one row per run."""
+    tested = [r for r in runs if r.test]
+    if not tested:
+        return ""
+    keys = list(dict.fromkeys(k for r in tested for k in r.test))
+    head = "<tr><th>test</th>" + "".join(f"<th>{_e(k)}</th>" for k in keys) + "</tr>"
+    rows = "".join(
+        f"<tr><td>{_e(r.name)}</td>"
+        + "".join(f"<td>{_e(_num(r.test.get(k, '-')))}</td>" for k in keys)
+        + "</tr>"
+        for r in tested
+    )
+    return f'<table class="test">{head}{rows}</table>'
 
 
 def _confusion_section(run: Run, named: bool) -> str:
@@ -228,8 +273,9 @@ def _load_package(path: Path) -> dict:
     return read_json(manifest)
 
 
-def _data_json(runs: list[Run], package: dict | None) -> str:
+def _data_json(runs: list[Run], package: dict | None, chart_list: list[dict]) -> str:
     data = {
+        "charts": chart_list,
         "runs": [
             {
                 "name": r.name,
@@ -243,8 +289,26 @@ def _data_json(runs: list[Run], package: dict | None) -> str:
         ],
         "targets": (package or {}).get("targets"),
     }
-    # "</" would end the <script> element early.
-    return json.dumps(data, default=str).replace("</", "<\\/")
+    # Strict JSON for the browser (NaN and infinity become null); "</" would end the <script>
+    # element early.
+    text = json.dumps(_finite(data), default=str, allow_nan=False, separators=(",", ":"))
+    return text.replace("</", "<\\/")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+@functools.cache
+def _script() -> str:
+    # Read once per process: the page draws its charts with it (no library, no network).
+    return (Path(__file__).with_name("report.js")).read_text(encoding="utf-8")
 
 
 def _scalar(v: Any) -> bool:
@@ -280,12 +344,34 @@ td.cm {{ text-align: right; min-width: 2em; }}
 tr.differs {{ background: var(--hi); }}
 pre {{ border: 1px solid var(--line); padding: .8em; overflow-x: auto; }}
 .grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(480px, 1fr)); gap: 1em; }}
-figure.plot {{ margin: 0; }} figure.plot svg {{ max-width: 100%; height: auto; }}
-figure.plot svg text {{ fill: var(--fg) !important; }}
+figure.plot {{ margin: 0; min-width: 0; }}
+.plot-head {{ display: flex; justify-content: space-between; align-items: center; }}
+.plot-title {{ color: var(--muted); font-size: 1.05em; }}
+.plot-box {{ position: relative; }}
+.plot-box svg {{ width: 100%; height: auto; display: block; user-select: none; cursor: crosshair; }}
+.plot-box svg text {{ fill: var(--muted); font-size: 11px; }}
+.plot-box svg .axis-title {{ fill: var(--fg); }}
+.plot-box svg .grid {{ stroke: var(--line); stroke-width: .6; }}
+.plot-box svg .frame {{ fill: none; stroke: var(--muted); stroke-opacity: .6; }}
+.plot-box svg .best-line {{ stroke: var(--muted); stroke-dasharray: 2 3; }}
+.plot-box svg .cursor {{ stroke: var(--muted); }}
+.plot-box svg .band {{ fill: #3b82f6; fill-opacity: .15; }}
+.tip {{ position: absolute; pointer-events: none; background: var(--bg); border: 1px solid var(--line);
+  padding: .3em .5em; font-size: 12px; white-space: nowrap; box-shadow: 0 1px 4px rgba(0,0,0,.2); }}
+.tip-x {{ color: var(--muted); }}
+.legend {{ display: flex; flex-wrap: wrap; gap: .2em .8em; font-size: 12px; }}
+.legend-item {{ background: none; border: 0; color: var(--fg); cursor: pointer; padding: 0; font: inherit; }}
+.legend-item.off {{ opacity: .4; text-decoration: line-through; }}
+.swatch {{ display: inline-block; width: 1.4em; border-top: 2px solid; margin-right: .3em;
+  vertical-align: middle; }}
+.swatch.dashed {{ border-top-style: dashed; }}
+.plot-controls {{ font-size: 12px; color: var(--muted); }}
+button.reset {{ font-size: 11px; }}
 .status {{ border-left: 4px solid #ef4444; padding: .4em .8em; }}
 </style></head>
 <body>
 {body}
 <script type="application/json" id="ember-report-data">{data}</script>
+<script>{script}</script>
 </body></html>
 """

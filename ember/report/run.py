@@ -1,7 +1,8 @@
 """A training run as the report reads it: the run directory's files, loaded into a `Run`.
 
 A run directory (`runs/<name>/version_N/`) holds what the Trainer wrote: `history.json` (after every
-epoch), `run.json` (hyper-parameters, model summary), and, from `ReportCallback`, `confusion.json`.
+epoch), `run.json` (hyper-parameters, model summary), and, from `ReportCallback`, `confusion.json`
+and `report.json` (the loss per step, the environment, test metrics).
 `load_run` reads whatever of these a run (even a crashed one) left behind.
 """
 
@@ -37,6 +38,9 @@ class Run:
         epoch_info: per epoch: `epoch_time`, `samples_per_sec`, `norms`.
         record: run.json ({} when missing).
         confusion: confusion.json ({"labels", "matrix"}) or None.
+        steps: the training loss per step ({"step": [...], "loss": [...], "every": n}) or None.
+        environment: versions, device, seed, batch size, learning rate ({} when not recorded).
+        test: test metrics ({} when none were computed).
     """
 
     path: Path
@@ -46,6 +50,9 @@ class Run:
     epoch_info: list[dict] = field(default_factory=list)
     record: dict = field(default_factory=dict)
     confusion: dict | None = None
+    steps: dict | None = None
+    environment: dict = field(default_factory=dict)
+    test: dict = field(default_factory=dict)
 
     @property
     def x(self) -> list[int]:
@@ -112,6 +119,11 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         run.record = read_json(record_file)
     if (path / "confusion.json").is_file():
         run.confusion = read_json(path / "confusion.json")
+    if (path / "report.json").is_file():
+        extra = read_json(path / "report.json")
+        run.steps = extra.get("steps")
+        run.environment = dict(extra.get("environment") or {})
+        run.test = dict(extra.get("test") or {})
     return run
 
 

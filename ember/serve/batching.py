@@ -104,14 +104,16 @@ class BatchingConfig:
 class _Request:
     __slots__ = ("inputs", "rows", "key", "future", "enqueued")
 
-    def __init__(self, inputs: dict[str, np.ndarray], future: asyncio.Future) -> None:
+    def __init__(
+        self, inputs: dict[str, np.ndarray], future: asyncio.Future, enqueued: float
+    ) -> None:
         self.inputs = inputs
         first = next(iter(inputs.values()))
         self.rows = first.shape[0] if first.ndim else 1
         # Requests merge only when every input agrees on dtype and the dims after the first.
         self.key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items())
         self.future = future
-        self.enqueued = time.perf_counter()
+        self.enqueued = enqueued
 
 
 class Batcher:
@@ -124,6 +126,8 @@ class Batcher:
         config: batching settings.
         observe: called after each batch with (rows, queue seconds of each request,
             compute seconds).
+        clock: seconds as a float (``time.perf_counter``); the queue delay, the model-time
+            estimates that choose inline calls and the adaptive limit read it. Tests pass a fake.
 
     Example:
         >>> batcher = Batcher(run, pool, BatchingConfig(max_batch_size=8))  # doctest: +SKIP
@@ -136,8 +140,10 @@ class Batcher:
         executor: Executor,
         config: BatchingConfig,
         observe: ObserveFn | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._run = run
+        self._clock = clock
         self._executor = executor
         self.config = config
         self._observe = observe
@@ -164,11 +170,11 @@ class Batcher:
                 return await self._run_now(loop, inputs)  # idle: no hand-off to the worker
             # Inline-sized: the requests already ready on the loop join it before it runs.
             future = loop.create_future()
-            self._queue.append(_Request(inputs, future))
+            self._queue.append(_Request(inputs, future, self._clock()))
             loop.call_soon(self._flush, loop)
             return await future
         future = loop.create_future()
-        self._queue.append(_Request(inputs, future))
+        self._queue.append(_Request(inputs, future, self._clock()))
         self._wakeup.set()
         return await future
 
@@ -211,9 +217,9 @@ class Batcher:
     ) -> tuple[dict[str, np.ndarray], float]:
         """Runs the model inline or in the pool; returns (outputs, model seconds)."""
         if self._fits_inline(inputs):
-            outputs, seconds = _timed(self._run, inputs)  # shorter than a thread hand-off
+            outputs, seconds = self._timed(inputs)  # shorter than a thread hand-off
         else:
-            outputs, seconds = await loop.run_in_executor(self._executor, _timed, self._run, inputs)
+            outputs, seconds = await loop.run_in_executor(self._executor, self._timed, inputs)
         self._slots = 1 if seconds > _OVERLAP_BELOW_S else self.config.max_concurrent_batches
         per_byte = seconds / (sum(a.nbytes for a in inputs.values()) or 1)
         if self._per_byte is None or per_byte > self._per_byte:
@@ -255,7 +261,7 @@ class Batcher:
         first = self._queue[0]
         deadline = first.enqueued + delay
         while delay > 0 and self._rows_ready(first.key) < self.limit:
-            remaining = deadline - time.perf_counter()
+            remaining = deadline - self._clock()
             if remaining <= 0:
                 break
             self._wakeup.clear()
@@ -284,7 +290,7 @@ class Batcher:
         return batch
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
-        start = time.perf_counter()
+        start = self._clock()
         queued = [start - r.enqueued for r in batch]
         if len(batch) == 1:
             merged = batch[0].inputs
@@ -347,8 +353,7 @@ class Batcher:
         elif p99 < 0.6 * target and self.limit < self.config.max_batch_size:
             self.limit = min(self.config.max_batch_size, self.limit + max(1, self.limit // 4))
 
-
-def _timed(run: RunFn, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
-    start = time.perf_counter()
-    outputs = run(inputs)
-    return outputs, time.perf_counter() - start
+    def _timed(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        start = self._clock()
+        outputs = self._run(inputs)
+        return outputs, self._clock() - start

@@ -1,8 +1,9 @@
 """The management API: load, unload, default version, canary, labels, rollback.
 
 Served by its own listener (bound to 127.0.0.1 by default) and protected by a bearer token.
-Models come only from directories inside the repository: names such as ``../x``, absolute paths
-and URLs are refused.
+Models come only from directories inside the repository: names such as ``../x``, absolute paths,
+URLs and symlinks to outside the repository are refused. ``load`` answers 400 with the reasons
+when a version newer than every serving one ended FAILED or PENDING (the status rows come with it).
 
 Routes (all need ``Authorization: Bearer <token>``)::
 
@@ -121,7 +122,7 @@ def build_management_app(repository: Any, token: str) -> Starlette:
     async def load(request: Request) -> Response:
         name = request.path_params["name"]
         logger.info("Management: load %s", name)
-        return JSONResponse(await repository.load_model(name))
+        return _load_answer(name, await repository.load_model(name))
 
     async def unload(request: Request) -> Response:
         name = request.path_params["name"]
@@ -160,6 +161,20 @@ async def _no_route(request: Request, exc: Any) -> Response:
     # JSON like every other answer (a name with "/" or "..%2F" in it lands here).
     return error_response(
         exc.status_code, f"No management route {request.method} {request.url.path}."
+    )
+
+
+def _load_answer(name: str, rows: list[dict]) -> Response:
+    """200 with the status rows, or 400 naming each version that ended FAILED or PENDING and is
+    newer than every version serving (an older failed version that a newer one replaced is not
+    an error of this load)."""
+    newest = max((r["version"] for r in rows if r["state"] == "AVAILABLE"), default=-1)
+    bad = [r for r in rows if r["state"] in ("FAILED", "PENDING") and r["version"] > newest]
+    if not bad:
+        return JSONResponse(rows)
+    reasons = "; ".join(f"version {r['version']} {r['state']}: {r.get('error')}" for r in bad)
+    return JSONResponse(
+        {"error": f"Model {name!r} did not load: {reasons}.", "versions": rows}, status_code=400
     )
 
 

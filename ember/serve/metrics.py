@@ -28,7 +28,9 @@ class ServeMetrics:
     ``ember_queue_duration_seconds{model,version}``,
     ``ember_compute_duration_seconds{model,version}``,
     ``ember_batch_size{model,version}`` (rows per model call), ``ember_models_loaded{model}``
-    (versions serving).
+    (versions serving), ``ember_model_version_state{model,version,state}`` (1 for the state each
+    version is in: ``PENDING``, ``LOADING``, ``AVAILABLE``, ``FAILED``, ``UNLOADING``; unloaded
+    versions drop out).
 
     Example:
         >>> metrics = ServeMetrics()
@@ -66,6 +68,12 @@ class ServeMetrics:
         self._loaded = Gauge(
             "ember_models_loaded", "Versions of the model that are serving.", ["model"], registry=r
         )
+        self._state = Gauge(
+            "ember_model_version_state",
+            "1 for the state each version of a model is in (its reason: the status APIs).",
+            ["model", "version", "state"], registry=r,
+        )  # fmt: skip
+        self._states: dict[tuple[str, str], str] = {}  # (model, version) -> state shown
         self._children: dict[tuple, Any] = {}
 
     def request(
@@ -110,6 +118,31 @@ class ServeMetrics:
     def set_loaded(self, model: str, versions: int) -> None:
         """Sets how many versions of ``model`` are serving."""
         self._loaded.labels(model).set(versions)
+
+    def set_states(self, model: str, states: dict[int, str]) -> None:
+        """Shows the state of every version of ``model`` (``END`` ones are removed)."""
+        shown = {(m, v) for m, v in self._states if m == model}
+        for version, state in states.items():
+            key = (model, str(version))
+            old = self._states.get(key)
+            if old == state:
+                continue
+            if old is not None:
+                self._state.remove(model, key[1], old)
+                del self._states[key]
+            if state != "END":
+                self._state.labels(model, key[1], state).set(1)
+                self._states[key] = state
+        for key in shown - {(model, str(v)) for v in states}:
+            self._state.remove(model, key[1], self._states.pop(key))
+
+    def forget_model(self, model: str) -> None:
+        """Removes a model that left the repository from the per-model gauges."""
+        self.set_states(model, {})
+        try:
+            self._loaded.remove(model)
+        except KeyError:  # never set
+            pass
 
     def render(self) -> tuple[bytes, str]:
         """Returns the exposition text and its content type for ``/metrics``."""

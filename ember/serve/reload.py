@@ -3,7 +3,9 @@
 A scan finds what changed; a new or changed version is loaded and warmed in the background (once
 its files stop changing) and gets traffic only when it is ready; a version leaving the policy or the
 disk drains its in-flight requests before it is unloaded; a version that fails to load is reported
-and never serves, and a version already serving keeps serving when its replacement fails.
+and never serves, and a version already serving keeps serving when its replacement fails. A version
+whose files are still arriving (``versions.pending_versions``) is PENDING: reported, never loaded,
+looked at again on the next scan. A model whose directory leaves the disk is unloaded and forgotten.
 """
 
 from __future__ import annotations
@@ -17,11 +19,20 @@ from typing import Any
 from ember.serve.batching import BatchingConfig
 from ember.serve.routing import ModelRoutes, VersionEntry
 from ember.serve.runtime import ModelVersion, load_version
-from ember.serve.versions import DEFAULT_POLICY, Layout, read_config, scan
+from ember.serve.versions import (
+    DEFAULT_POLICY,
+    Layout,
+    fingerprint,
+    pending_versions,
+    read_config,
+    scan,
+)
 
 __all__ = ["RepositorySync"]
 
 logger = logging.getLogger(__name__)
+
+_MAX_ERROR = 1000  # characters of a load error kept for the status APIs
 
 
 class RepositorySync:
@@ -45,6 +56,7 @@ class RepositorySync:
     _background: set[asyncio.Future]
     _policy_override: dict[str, dict]
     _lock: asyncio.Lock | None
+    _refused: set[Path]
 
     async def _watch(self) -> None:
         while True:
@@ -58,15 +70,15 @@ class RepositorySync:
         """Scans the disk and loads/retires what changed (``immediate``: now, and wait)."""
         async with self._lock:
             loop = asyncio.get_running_loop()
-            layout = await loop.run_in_executor(self._loader, scan, self.root, self._single)
+            layout, pending = await loop.run_in_executor(self._loader, self._scan)
             tasks = []
             for name, versions in layout.items():
                 if (only is not None and name != only) or name in self._unloaded:
                     continue
-                tasks += self._plan(name, versions, immediate)
-            for name, model in self._models.items():
+                tasks += self._plan(name, versions, pending.get(name, {}), immediate)
+            for name, model in list(self._models.items()):
                 if name not in layout and name not in self._unloaded:
-                    tasks += [self._retire(model, v) for v in list(model.entries)]
+                    tasks.append(self._remove(name, model))
         if immediate:
             await asyncio.gather(*tasks)
         else:
@@ -75,16 +87,33 @@ class RepositorySync:
                 self._background.add(task)  # keep a reference until it is done
                 task.add_done_callback(self._background.discard)
 
-    def _plan(self, name: str, versions: Layout, immediate: bool) -> list:
+    def _scan(self) -> tuple[Layout, dict[str, dict[int, str]]]:
+        layout = scan(self.root, self._single, self._refuse)
+        return layout, pending_versions(layout)
+
+    def _refuse(self, path: Path, reason: str) -> None:
+        if path not in self._refused:  # once per path, not at every scan
+            self._refused.add(path)
+            logger.error("Refusing %s: %s", path, reason)
+
+    def _plan(self, name: str, versions: Layout, pending: dict[int, str], immediate: bool) -> list:
         """Decides what to load and what to retire for one model; returns coroutines to run."""
         model = self._models.get(name)
         if model is None:
             model = self._models[name] = ModelRoutes(name, *self._config(name))
         todo = []
-        failed = model.failed(versions)
+        if self._mark_pending(model, versions, pending):
+            self._after_change(model)
+        failed = model.failed(versions) | set(pending)
         for v, (path, fp) in versions.items():
             entry = model.entries.get(v)
-            settled = entry is not None and entry.state != "END" and entry.fingerprint == fp
+            if v in pending:
+                continue
+            settled = (
+                entry is not None
+                and entry.state not in ("END", "PENDING")
+                and entry.fingerprint == fp
+            )
             if settled or (entry is not None and entry.state in ("LOADING", "UNLOADING")):
                 continue
             known = entry is not None and entry.fingerprint == fp  # loaded before: stable
@@ -100,6 +129,31 @@ class RepositorySync:
             return [_in_order(todo, retire)]
         return todo + retire
 
+    @staticmethod
+    def _mark_pending(model: ModelRoutes, versions: Layout, pending: dict[int, str]) -> bool:
+        """Records the pending versions (a loaded one keeps serving); True when a state changed."""
+        changed = False
+        for v, reason in pending.items():
+            entry = model.entries.get(v)
+            if entry is not None and entry.state in ("LOADING", "AVAILABLE", "UNLOADING"):
+                continue
+            if entry is None or (entry.state, entry.error) != ("PENDING", reason):
+                entry = model.entries[v] = VersionEntry("PENDING", reason)
+                entry.fingerprint = versions[v][1]
+                changed = True
+        return changed
+
+    async def _remove(self, name: str, model: ModelRoutes) -> None:
+        """Unloads a model whose directory left the disk, then forgets it (readiness too)."""
+        await asyncio.gather(*(self._retire(model, v) for v in list(model.entries)))
+        if self._models.get(name) is model and all(
+            e.state == "END" for e in model.entries.values()
+        ):
+            del self._models[name]
+            if self.metrics is not None:
+                self.metrics.forget_model(name)
+            logger.info("Model %s left the repository: unloaded", name)
+
     def _config(self, name: str) -> tuple[dict, dict[str, int]]:
         override = self._policy_override.get(name)
         if self._single:
@@ -108,7 +162,7 @@ class RepositorySync:
 
     async def _load(self, model: ModelRoutes, version: int, path: Path, fp: Any) -> None:
         entry = model.entries.get(version)
-        if entry is None or entry.state in ("FAILED", "END"):
+        if entry is None or entry.state in ("FAILED", "END", "PENDING"):
             entry = model.entries[version] = VersionEntry()
         entry.fingerprint = fp
         entry.task = asyncio.current_task()
@@ -123,9 +177,15 @@ class RepositorySync:
             )  # fmt: skip
         except Exception as exc:
             logger.error("Version %d of %s failed to load: %s", version, model.name, exc)
+            error = str(exc)[:_MAX_ERROR]
+            changed = await asyncio.get_running_loop().run_in_executor(
+                self._loader, fingerprint, path
+            )
+            if changed != fp:  # the files changed while loading: look again at the next scan
+                error = f"files changed while loading; retrying at the next scan ({error})"
             if entry.mv is None:  # never served: report it; a serving version keeps serving
-                entry.state = "FAILED"
-            entry.error = str(exc)
+                entry.state = "FAILED" if changed == fp else "PENDING"
+            entry.error = error
             entry.task = None
             self._after_change(model)
             return
@@ -141,7 +201,7 @@ class RepositorySync:
         on_disk = {
             v: (None, e.fingerprint)
             for v, e in model.entries.items()
-            if e.state != "END" and v not in model.gone
+            if e.state not in ("END", "PENDING") and v not in model.gone
         }
         wanted = model.wanted(on_disk, model.failed(on_disk))
         await asyncio.gather(
@@ -181,6 +241,7 @@ class RepositorySync:
         model.rebuild()
         if self.metrics is not None:
             self.metrics.set_loaded(model.name, len(model.serving))
+            self.metrics.set_states(model.name, {v: e.state for v, e in model.entries.items()})
 
 
 async def _in_order(first: list, then: list) -> None:

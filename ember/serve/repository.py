@@ -13,7 +13,8 @@ A path to one package directory, a directory holding only ``model.onnx`` or a ``
 served as a one-model repository (version 1). A watcher polls the disk: a new version is loaded and
 warmed in the background and gets traffic only when it is ready; a version leaving the policy drains
 its in-flight requests before it is unloaded; a version that fails to load is reported and never
-serves.
+serves; a version whose files are still arriving is PENDING; a model whose directory is removed is
+unloaded. Readiness (``ready``) follows Triton's ``--strict-readiness`` switch, see ``ready``.
 
 The parts live by concept: ``versions`` (disk layout, version policy), ``routing`` (which version
 serves a request: default, pinned, labels, canary) and ``reload`` (the watcher keeping the loaded
@@ -34,7 +35,13 @@ from ember.serve.errors import ServeError
 from ember.serve.reload import RepositorySync
 from ember.serve.routing import ModelRoutes
 from ember.serve.runtime import RUNTIMES, ModelVersion
-from ember.serve.versions import check_model_name, is_version_dir, parse_policy, parse_version
+from ember.serve.versions import (
+    check_model_name,
+    is_version_dir,
+    model_dir,
+    parse_policy,
+    parse_version,
+)
 
 __all__ = ["ModelRepository", "check_model_name"]
 
@@ -56,6 +63,9 @@ class ModelRepository(RepositorySync):
         metrics: a ``ServeMetrics`` to record batches and loaded models in, or None.
         drain_timeout: seconds an old version may take to finish its in-flight requests.
         threads: inference thread pool size (default: CPU count, at least 4).
+        strict_readiness: ``ready`` only while every model has a version serving (Triton's
+            ``--strict-readiness=true``); by default one failed or pending model does not make
+            the server unready (see ``ready``).
 
     Example:
         >>> repo = ModelRepository(Path("models"), poll_interval=2.0)  # doctest: +SKIP
@@ -74,6 +84,7 @@ class ModelRepository(RepositorySync):
         metrics: Any = None,
         drain_timeout: float = 30.0,
         threads: int | None = None,
+        strict_readiness: bool = False,
     ) -> None:
         self.root = Path(root).expanduser().resolve()
         if not self.root.exists():
@@ -85,11 +96,13 @@ class ModelRepository(RepositorySync):
         self.batching = batching
         self.metrics = metrics
         self.drain_timeout = drain_timeout
+        self.strict_readiness = bool(strict_readiness)
         self._policy_override = {k: parse_policy(v, k) for k, v in (version_policy or {}).items()}
         self._single = self.root.is_file() or is_version_dir(self.root)
         self._models: dict[str, ModelRoutes] = {}
         self._unloaded: set[str] = set()
         self._seen: dict[tuple[str, int], Any] = {}  # first sighting of a fingerprint (stability)
+        self._refused: set[Path] = set()  # symlinks out of the repository, logged once
         workers = threads or max(4, os.cpu_count() or 1)
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="ember-infer")
         self._loader = ThreadPoolExecutor(2, thread_name_prefix="ember-load")
@@ -124,11 +137,27 @@ class ModelRepository(RepositorySync):
         self._started = False
 
     @property
+    def started(self) -> bool:
+        """True once the startup load has settled (every model loaded, failed or pending)."""
+        return self._started
+
+    @property
     def ready(self) -> bool:
-        """True once started and every model (not unloaded) has a version serving."""
-        return self._started and all(
-            m.serving for n, m in self._models.items() if n not in self._unloaded
-        )
+        """Whether the server is ready for traffic (``/v2/health/ready``, ``/ping``, gRPC).
+
+        Never before the startup load has settled (every model loaded, failed or pending).
+        Then, with ``strict_readiness``, only while every model (not unloaded) has a version
+        serving, as Triton's default; otherwise while at least one model serves (or the
+        repository holds no version at all): a failed or pending model is reported in the
+        status APIs and ``ember_model_version_state`` but does not take the server out of a
+        load balancer. Per-model readiness is ``/v2/models/{name}/ready``.
+        """
+        if not self._started:
+            return False
+        models = [m for n, m in self._models.items() if n not in self._unloaded]
+        if self.strict_readiness:
+            return all(m.serving for m in models)
+        return any(m.serving for m in models) or not any(m.entries for m in models)
 
     # ----------------------------------------------------------------- routing
     def get(
@@ -160,10 +189,14 @@ class ModelRepository(RepositorySync):
         else:
             v = model.route()
             if v is None:
-                raise ServeError(503, f"Model {name!r} has no version ready yet.")
+                why = model.not_serving()
+                raise ServeError(503, f"Model {name!r} has no version ready"
+                                 + (f": {why}." if why else " yet."))  # fmt: skip
         entry = model.entries.get(v)
         if entry is None or entry.state != "AVAILABLE" or entry.mv is None:
             state = entry.state if entry else "unknown"
+            if entry is not None and entry.error:
+                state += f": {entry.error}"
             serving = ", ".join(map(str, model.serving)) or "none"
             raise ServeError(
                 404,
@@ -188,7 +221,8 @@ class ModelRepository(RepositorySync):
     def status(self, name: str | None = None) -> list[dict]:
         """Every model version with its state and routing.
 
-        States: ``AVAILABLE``, ``LOADING``, ``FAILED`` (with ``error``), ``UNLOADING``, ``END``;
+        States: ``AVAILABLE``, ``LOADING``, ``PENDING`` (files still arriving, with ``error``),
+        ``FAILED`` (with ``error``), ``UNLOADING``, ``END``;
         routing: ``default``, ``labels`` and ``canary_percent``.
         """
         rows = []
@@ -203,15 +237,17 @@ class ModelRepository(RepositorySync):
 
     # ----------------------------------------------------------------- management
     async def load_model(self, name: str) -> list[dict]:
-        """Loads (or reloads) a model from ``root/<name>`` and waits until it settles."""
+        """Loads (or reloads) a model from ``root/<name>`` and waits until it settles.
+
+        Returns the model's status rows; a row ``FAILED`` or ``PENDING`` carries its ``error``
+        (the management API answers 400 with the reasons then).
+        """
         check_model_name(name)
         if self._single:
             raise ServeError(
                 400, "This server serves a single model; there is nothing else to load."
             )
-        path = (self.root / name).resolve()
-        if path.parent != self.root or not path.is_dir():
-            raise ServeError(404, f"No model directory {name!r} in the repository {self.root}.")
+        model_dir(self.root, name)  # 400 for a symlink out of the repository, 404 when missing
         self._unloaded.discard(name)
         await self._sync(immediate=True, only=name)
         return self.status(name)

@@ -18,20 +18,21 @@ from ember.serve.versions import parse_version, select_versions
 
 __all__ = ["ModelRoutes", "VersionEntry"]
 
-_LABEL = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_LABEL = re.compile(r"[A-Za-z0-9_\-]{1,64}")  # used with fullmatch
 
 
 class VersionEntry:
     """The state of one version: what serves it and what the disk held when it was loaded.
 
-    States: ``LOADING``, ``AVAILABLE``, ``FAILED`` (with ``error``), ``UNLOADING``, ``END``.
+    States: ``PENDING`` (files still arriving, with ``error`` saying which), ``LOADING``,
+    ``AVAILABLE``, ``FAILED`` (with ``error``), ``UNLOADING``, ``END``.
     """
 
     __slots__ = ("state", "error", "fingerprint", "mv", "task")
 
-    def __init__(self) -> None:
-        self.state = "LOADING"
-        self.error: str | None = None
+    def __init__(self, state: str = "LOADING", error: str | None = None) -> None:
+        self.state = state
+        self.error = error
         self.fingerprint: Any = None
         self.mv: ModelVersion | None = None
         self.task: asyncio.Task | None = None
@@ -98,6 +99,16 @@ class ModelRoutes:
             if e.state == "FAILED" and v in versions and e.fingerprint == versions[v][1]
         }
 
+    def not_serving(self) -> str:
+        """Why no version serves: the newest failed or pending versions (up to 3) and their
+        reasons ("" if none)."""
+        why = [
+            f"version {v} {e.state}: {e.error}"
+            for v, e in sorted(self.entries.items(), reverse=True)
+            if e.state in ("FAILED", "PENDING") and e.error
+        ]
+        return "; ".join(why[:3])
+
     def available(self, version: int | str) -> int:
         """Returns ``version`` as an int when it is serving, else raises ``ServeError(404)``."""
         v = parse_version(version)
@@ -131,7 +142,7 @@ class ModelRoutes:
 
     def set_label(self, label: str, version: int | str) -> None:
         """Points a version label (``stable``, ``canary``, ...) at an AVAILABLE version."""
-        if not isinstance(label, str) or not _LABEL.match(label):
+        if not isinstance(label, str) or not _LABEL.fullmatch(label):
             raise ServeError(400, f"Invalid label {label!r}: use 1-64 letters, digits, '_' or '-'.")
         self.labels[label] = self.available(version)
 

@@ -21,6 +21,7 @@ from ember import package
 from ember.serve.batching import Batcher, BatchingConfig, ObserveFn
 from ember.serve.errors import ServeError
 from ember.serve.tensors import TensorSpec, check_inputs, numpy_dtype
+from ember.serve.validation import check_manifest, verify_version_files
 
 __all__ = ["ModelVersion", "TensorSpec", "load_version", "RUNTIMES"]
 
@@ -200,12 +201,14 @@ def load_version(
         raise ValueError(f"Unknown runtime {runtime!r}. Choose one of: {', '.join(RUNTIMES)}")
     path = Path(path)
     manifest = _read_manifest(path)
+    verify_version_files(path, manifest)  # every listed file, whatever runtime serves it
     onnx_file = path if path.is_file() else path / "model.onnx"
     if runtime == "onnxruntime" or (runtime == "auto" and onnx_file.is_file()):
         _check_hash(onnx_file, manifest)
         engine: Any = _OrtRuntime(onnx_file)
     else:
         engine = _TorchRuntime(path, manifest)
+    check_manifest(path, manifest, engine.inputs, engine.outputs)  # labels, shapes, dtypes
     mv = ModelVersion(
         name, version, path, engine, executor, manifest=manifest, batching=batching, observe=observe
     )

@@ -41,6 +41,7 @@ def serve(
     runtime: str = "auto",
     grace_period: float = 30.0,
     access_log: bool = False,
+    strict_readiness: bool = False,
 ) -> int:
     """Serves a model repository until SIGTERM or SIGINT; returns the exit code (0).
 
@@ -49,9 +50,9 @@ def serve(
             ``model.onnx``, or a ``.onnx`` file.
         host: REST interface (KServe v2, TF Serving, TorchServe, /metrics, /docs).
         port: REST port (0 picks a free one).
-        grpc_port: KServe v2 gRPC port on ``host``; None turns gRPC off.
+        grpc_port: KServe v2 gRPC port on ``host`` (0 picks a free one); None turns gRPC off.
         management_host: management interface; keep it local.
-        management_port: management port; None turns the management API off.
+        management_port: management port (0 picks a free one); None turns the management API off.
         token: management bearer token; when None one is read from ``token_file`` or generated.
         token_file: where the token is read from or written to (mode 0600).
             Default ``~/.ember/serve-token``.
@@ -65,6 +66,9 @@ def serve(
         grace_period: seconds in-flight requests get to finish at shutdown.
         access_log: log every request to the ``ember.serve.access`` logger (INFO); it costs about
             a tenth of the throughput of a tiny model, so it is off by default.
+        strict_readiness: ``/v2/health/ready`` answers 200 only while every model has a version
+            serving (Triton's default); by default it does while at least one model serves, so
+            one failed or pending model does not take a replica out of service.
 
     Returns:
         0 after a graceful shutdown.
@@ -112,6 +116,7 @@ async def run(
     runtime: str = "auto",
     grace_period: float = 30.0,
     freeze_heap: bool = False,
+    strict_readiness: bool = False,
 ) -> None:
     """Runs the server on the current loop until ``stop`` is set (the async core of ``serve``).
 
@@ -131,8 +136,9 @@ async def run(
     batching = BatchingConfig(max_batch_size, max_queue_delay_ms, adaptive_batching, target_p99_ms)
     metrics = ServeMetrics()
     repository = ModelRepository(
-        Path(path), poll_interval=poll_interval, runtime=runtime, batching=batching, metrics=metrics
-    )
+        Path(path), poll_interval=poll_interval, runtime=runtime, batching=batching,
+        metrics=metrics, strict_readiness=strict_readiness,
+    )  # fmt: skip
     app = build_app(repository, metrics=metrics, body_limit=body_limit)
     info: dict[str, Any] = {"app": app, "repository": repository, "grpc": None,
                             "management": None, "token": None}  # fmt: skip
@@ -152,12 +158,14 @@ async def run(
         if grpc_port is not None:
             from ember.serve.protocols.kserve_grpc import start_grpc_server
 
+            grpc_port = grpc_port or _free_port(host)  # 0: a free port, known before binding
             grpc_server = await start_grpc_server(repository, host, grpc_port)
             info["grpc"] = f"{host}:{grpc_port}"
         _announce(info, token_file, token is not None)
         if on_start is not None:
             on_start(info)
         loading = asyncio.ensure_future(repository.start())
+        loading.add_done_callback(lambda f: f.cancelled() or _announce_models(repository))
         if freeze_heap:
             loading.add_done_callback(_freeze_heap)
         await stop.wait()
@@ -260,6 +268,28 @@ def _announce(info: dict[str, Any], token_file: Any, token_given: bool) -> None:
         where = "as given" if token_given else token_file or "~/.ember/serve-token"
         logger.info("  Management       %s/v2/repository/index (bearer token: %s)",
                     info["management"], where)  # fmt: skip
+
+
+def _announce_models(repository: Any) -> None:
+    """Log which model versions loaded (and which failed, with why) once loading ends."""
+    loaded: dict[str, list[str]] = {}
+    for row in repository.status():
+        if row["state"] == "AVAILABLE":
+            loaded.setdefault(row["name"], []).append(str(row["version"]))
+        elif row["state"] == "FAILED":
+            logger.warning("  Model %s version %s FAILED to load: %s",
+                           row["name"], row["version"], row.get("error"))  # fmt: skip
+    if not loaded:
+        logger.warning("ember serve: no model loaded from %s", repository.root)
+    for name, versions in loaded.items():
+        logger.info("  Loaded model     %s (version %s)", name, ", ".join(versions))
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

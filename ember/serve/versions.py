@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from ember.serve.errors import ServeError
 
 __all__ = [
     "check_model_name",
+    "model_dir",
     "parse_policy",
     "parse_version",
+    "pending_versions",
     "read_config",
     "scan",
     "select_versions",
@@ -27,9 +30,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")  # used with fullmatch: no "\n" at the end
 _POLICIES = ("latest", "all", "specific")
 DEFAULT_POLICY = {"latest": {"num_versions": 1}}
+_OUTSIDE = "a model directory must stay inside the repository"
+# Files only a model package holds: a version directory with one of them is a package upload.
+_PACKAGE_FILES = ("weights.safetensors", "sample.safetensors", "model.pt2")
 
 # {name: {version: (path, fingerprint)}}
 Layout = dict[str, dict[int, tuple[Path, Any]]]
@@ -44,7 +50,7 @@ def check_model_name(name: str) -> str:
         ...
         ember.serve.errors.ServeError: Invalid model name '../etc': ...
     """
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise ServeError(
             400,
             f"Invalid model name {name!r}: use letters, digits, '_', '-' and '.', starting with a "
@@ -53,12 +59,16 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def scan(root: Path, single: bool) -> Layout:
+def scan(root: Path, single: bool, on_refused: Callable[[Path, str], None] | None = None) -> Layout:
     """Reads the disk (blocking: run it in a thread).
+
+    A model or version directory that is a symlink to outside the repository is refused (as the
+    management ``load`` refuses it): it is left out and reported to ``on_refused``.
 
     Args:
         root: the repository directory, or the one package / ``.onnx`` file served alone.
         single: whether ``root`` is one model served as version 1.
+        on_refused: called with ``(path, reason)`` for each directory left out.
 
     Returns:
         ``{name: {version: (path, fingerprint)}}``.
@@ -70,15 +80,73 @@ def scan(root: Path, single: bool) -> Layout:
     if single:
         return {single_name(root): {1: (root, fingerprint(root))}}
     layout = {}
-    for model_dir in sorted(root.iterdir()):
-        if not model_dir.is_dir() or not _NAME.match(model_dir.name):
+    for model_path in sorted(root.iterdir()):
+        if not _NAME.fullmatch(model_path.name) or not model_path.is_dir():
+            continue
+        if model_path.resolve().parent != root:
+            if on_refused is not None:
+                on_refused(model_path, _OUTSIDE)
             continue
         versions = {}
-        for vdir in model_dir.iterdir():
-            if vdir.is_dir() and vdir.name.isdigit():
+        for vdir in model_path.iterdir():
+            if vdir.is_dir() and _is_version_name(vdir.name):
+                if not vdir.resolve().is_relative_to(root):
+                    if on_refused is not None:
+                        on_refused(vdir, _OUTSIDE)
+                    continue
                 versions[int(vdir.name)] = (vdir, fingerprint(vdir))
-        layout[model_dir.name] = versions
+        layout[model_path.name] = versions
     return layout
+
+
+def model_dir(root: Path, name: str) -> Path:
+    """The directory of model ``name`` in the repository ``root`` (resolved), or ``ServeError``.
+
+    Raises:
+        ServeError: 400 for an invalid name or a symlink to outside the repository, 404 when
+            there is no such directory.
+
+    Example:
+        >>> model_dir(Path("/srv/models"), "digits")  # doctest: +SKIP
+        PosixPath('/srv/models/digits')
+    """
+    check_model_name(name)
+    path = (root / name).resolve()
+    if (root / name).is_dir() and path.parent != root:
+        raise ServeError(400, f"Model directory {name!r} is a symlink to outside the repository "
+                         f"{root}: {_OUTSIDE}.")  # fmt: skip
+    if path.parent != root or not path.is_dir():
+        raise ServeError(404, f"No model directory {name!r} in the repository {root}.")
+    return path
+
+
+def pending_versions(layout: Layout) -> dict[str, dict[int, str]]:
+    """Versions whose files are not all there yet (blocking: run it in a thread).
+
+    A version is pending, never loaded and never served, while it holds package files
+    (``weights.safetensors``, ``sample.safetensors``, ``model.pt2``) but no ``ember.json``,
+    while it has no ``ember.json`` and the model's other versions are packages, while its
+    ``ember.json`` is not valid JSON, or while a file its ``ember.json`` lists is missing. A
+    directory with only ``model.onnx`` in a model of such directories is a bare ONNX version,
+    never pending. (A listed file whose sha256 differs fails the load, and is tried again as
+    soon as the files change.)
+
+    Returns:
+        ``{name: {version: reason}}`` for the pending versions.
+
+    Example:
+        >>> pending_versions(scan(Path("models"), single=False))  # doctest: +SKIP
+        {'digits': {3: 'waiting for ember.json (the directory holds weights.safetensors)'}}
+    """
+    pending: dict[str, dict[int, str]] = {}
+    for name, versions in layout.items():
+        packaged = {v for v, (path, _) in versions.items() if (path / "ember.json").is_file()}
+        for v, (path, _) in versions.items():
+            if path.is_dir():
+                reason = _pending_reason(path, v in packaged, bool(packaged - {v}))
+                if reason:
+                    pending.setdefault(name, {})[v] = reason
+    return pending
 
 
 def select_versions(policy: dict, candidates: list[int]) -> set[int]:
@@ -173,6 +241,31 @@ def single_name(path: Path) -> str:
         except (OSError, package.PackageError):
             name = path.name
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", str(name)).lstrip(".") or "model"
+
+
+def _is_version_name(name: str) -> bool:
+    return name.isascii() and name.isdigit() and len(name) < 19
+
+
+def _pending_reason(path: Path, has_manifest: bool, siblings_packaged: bool) -> str | None:
+    if not has_manifest:
+        present = [f for f in _PACKAGE_FILES if (path / f).is_file()]
+        if present:
+            return f"waiting for ember.json (the directory holds {', '.join(present)})"
+        if siblings_packaged:
+            return "waiting for ember.json (the other versions of this model are packages)"
+        return None
+    try:
+        manifest = json.loads((path / "ember.json").read_text())
+    except (OSError, ValueError) as exc:  # still being written (or corrupt: the reason says)
+        return f"waiting for a complete ember.json (not valid JSON yet: {str(exc)[:200]})"
+    listed = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(listed, dict):
+        return None  # a malformed manifest fails its load, with the reason
+    missing = [n for n in listed if isinstance(n, str) and not (path / n).is_file()]
+    if missing:
+        return f"waiting for files listed in ember.json: {', '.join(sorted(missing)[:5])}"
+    return None
 
 
 def fingerprint(path: Path) -> Any:

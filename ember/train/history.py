@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 __all__ = ["History"]
 
@@ -73,5 +74,52 @@ class History:
         tmp.write_text(self.to_json())
         os.replace(tmp, path)
 
+    def plot(self, metrics: list[str] | None = None, ax: Any = None) -> Any:
+        """Draw each metric against the epoch with matplotlib, its validation curve beside it.
+
+        Args:
+            metrics: names to draw (default: every training metric, e.g. "loss", "accuracy";
+                "val_<name>" is drawn with "<name>" when present).
+            ax: one matplotlib Axes to draw everything on; default one subplot per metric.
+
+        Returns:
+            The list of Axes drawn on. Call `matplotlib.pyplot.show()` or save the figure.
+
+        Example:
+            >>> history = model.fit(x, y, epochs=10, validation_split=0.2)
+            >>> history.plot()[0].figure.savefig("curves.png")
+        """
+        plt = _pyplot()
+        names = metrics or [k for k in self.history if not k.startswith("val_") and k != "lr"]
+        unknown = [n for n in names if n not in self.history]
+        if unknown:
+            raise ValueError(
+                f"History.plot() received unknown metrics {unknown}. "
+                f"Recorded: {', '.join(self.history)}"
+            )
+        if ax is not None:
+            axes = [ax] * len(names)
+        else:
+            fig, grid = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
+            axes = list(grid[0])
+        epochs = [e + 1 for e in self.epochs]
+        for name, axis in zip(names, axes):
+            axis.plot(epochs, self.history[name], label=name)
+            if f"val_{name}" in self.history:
+                axis.plot(epochs, self.history[f"val_{name}"], label=f"val_{name}")
+            axis.set_xlabel("epoch")
+            axis.set_title(name)
+            axis.legend()
+        return axes
+
     def __repr__(self) -> str:
         return f"History(epochs={len(self.epochs)}, keys={list(self.history)})"
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot, imported when a plot is asked for (it is optional and slow to import)."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("Plotting needs matplotlib: pip install matplotlib") from None
+    return plt

@@ -14,7 +14,7 @@ from torch import nn
 
 from ember.train.budget import TimeBudget, check_seconds
 
-__all__ = ["Logger", "TensorBoardLogger", "CSVLogger", "next_version", "share_version"]
+__all__ = ["Logger", "TensorBoardLogger", "CSVLogger", "keras_tag", "next_version", "share_version"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,12 @@ class Logger:
 class TensorBoardLogger(Logger):
     """Write TensorBoard event files (scalars, histograms, graph, hparams) with torch's SummaryWriter.
 
+    The layout is Keras's: training values go to the `train/` run directory, validation values
+    to `validation/`, under the same tags, so TensorBoard draws a metric's two curves on one
+    chart: `epoch_loss`, `epoch_accuracy`, `epoch_learning_rate` per epoch (step = epoch),
+    `batch_loss` per optimizer step (step = global step). Tags holding a "/" (`norm/...`,
+    `hparam/...`) and histograms, graph and hparams go to `train/` as they are.
+
     Args:
         save_dir, name, version: see `Logger`.
         histogram_every_n_epochs: weight and gradient histograms every n epochs (0 disables).
@@ -136,23 +142,29 @@ class TensorBoardLogger(Logger):
         self.flush_secs = check_seconds("flush_secs", flush_secs)
         self._flushed = 0.0  # time.monotonic() of the last flush
         self._pending: list[tuple[int, dict[str, float]]] = []  # scalars not yet written
-        self._writer = None
+        self._writer = None  # train/
+        self._val_writer = None  # validation/, opened when the first validation value comes
+        self._purge_step: int | None = None
         self._hparams: dict = {}
 
     def start(self, resume_step: int | None = None) -> None:
+        _use_fast_crc32c()
+        self._purge_step = resume_step
+        self._writer = self._open("train")
+        self._flushed = time.monotonic()
+
+    def _open(self, run: str) -> Any:
         from torch.utils.tensorboard import SummaryWriter  # lazy: imports tensorboard
 
-        _use_fast_crc32c()
         # A deep event queue: with the default (10) every add_scalar waits on TensorBoard's
         # writer thread, which costs more per epoch than a short epoch's training. That thread
         # also flushes the file every `flush_secs` by itself.
-        self._writer = SummaryWriter(
-            str(self.log_dir),
-            purge_step=resume_step,
+        return SummaryWriter(
+            str(self.log_dir / run),
+            purge_step=self._purge_step,
             max_queue=10_000,
             flush_secs=max(self.flush_secs, 0.001),
         )
-        self._flushed = time.monotonic()
 
     def log_hyperparams(self, params: dict) -> None:
         self._hparams = {k: _hparam_value(v) for k, v in params.items()}
@@ -168,10 +180,17 @@ class TensorBoardLogger(Logger):
 
         pending, self._pending = self._pending, []
         for step, metrics in pending:
-            # One event holding every value (what add_scalar writes, one record instead of one each).
-            values = [Summary.Value(tag=k, simple_value=float(v)) for k, v in metrics.items()]
-            if values:
-                self._writer.file_writer.add_summary(Summary(value=values), step)
+            # One event per run holding its values (what add_scalar writes, in one record).
+            runs: dict[bool, list] = {False: [], True: []}
+            for key, value in metrics.items():
+                validation, tag = keras_tag(key)
+                runs[validation].append(Summary.Value(tag=tag, simple_value=float(value)))
+            if runs[False]:
+                self._writer.file_writer.add_summary(Summary(value=runs[False]), step)
+            if runs[True]:
+                if self._val_writer is None:
+                    self._val_writer = self._open("validation")
+                self._val_writer.file_writer.add_summary(Summary(value=runs[True]), step)
 
     def log_graph(self, model: nn.Module, example_input: Any) -> None:
         if not self.log_graph_enabled:
@@ -181,7 +200,11 @@ class TensorBoardLogger(Logger):
         try:
             with warnings.catch_warnings():  # the trace is only drawn: shape checks are harmless
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                self._writer.add_graph(model, example_input)
+                # Traced once per model and input shape, without add_graph's second checking
+                # trace: a later fit of the same model reuses it.
+                from ember.train.model_graph import model_graph
+
+                self._writer.file_writer.add_graph(model_graph(model, example_input))
         except Exception as exc:  # tracing fails for some models; the run must go on
             log.warning("TensorBoard graph not written: the model could not be traced (%s).", exc)
 
@@ -223,6 +246,8 @@ class TensorBoardLogger(Logger):
         if force or time.monotonic() - self._flushed >= self.flush_secs:
             self._write_pending()
             self._writer.flush()
+            if self._val_writer is not None:
+                self._val_writer.flush()
             self._flushed = time.monotonic()
 
     def finalize(self, final_metrics: dict[str, float]) -> None:
@@ -239,7 +264,28 @@ class TensorBoardLogger(Logger):
                 self._writer.add_scalar(k, v, 0)
         self.flush(force=True)
         self._writer.close()
-        self._writer = None
+        if self._val_writer is not None:
+            self._val_writer.close()
+        self._writer = self._val_writer = None
+
+
+def keras_tag(key: str) -> tuple[bool, str]:
+    """Where a logged value goes in Keras's layout: (in `validation/`?, tag).
+
+    Example:
+        >>> keras_tag("val_accuracy"), keras_tag("loss"), keras_tag("step/loss")
+        ((True, 'epoch_accuracy'), (False, 'epoch_loss'), (False, 'batch_loss'))
+    """
+    if key.startswith("step/"):
+        return False, "batch_" + _KERAS_NAMES.get(key[5:], key[5:])
+    if "/" in key:
+        return False, key
+    if key.startswith("val_"):
+        return True, "epoch_" + _KERAS_NAMES.get(key[4:], key[4:])
+    return False, "epoch_" + _KERAS_NAMES.get(key, key)
+
+
+_KERAS_NAMES = {"lr": "learning_rate"}
 
 
 def _hparam_value(value: Any) -> Any:

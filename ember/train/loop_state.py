@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,10 @@ def prepare_loader(trainer: Trainer, data: Any, *, shuffle: bool) -> Any:
                 f"Training data must be a DataLoader, a Dataset or an iterable of batches. "
                 f"Received: {type(data).__name__}"
             )
+        if isinstance(data, Iterator):  # a generator: peeking at it must not lose a batch
+            from ember.data import BatchStream
+
+            return BatchStream(data)
         return data
     if data.batch_size is None or not isinstance(data.sampler, (RandomSampler, SequentialSampler)):
         return data
@@ -169,7 +174,7 @@ def materialize(module: torch.nn.Module, loader: Any, device: torch.device) -> N
         was_training = module.training
         module.eval()
         x = example_input(loader, device)
-        module(*x) if isinstance(x, tuple) else module(x)
+        module(**x) if isinstance(x, dict) else module(*x) if isinstance(x, tuple) else module(x)
         module.train(was_training)
 
 

@@ -58,7 +58,8 @@ class Program:
         out = {}
         for name, metric in cfg.metric_objects.get(stage, {}).items():
             if metric.update_count:
-                out[name] = float(metric.compute())  # torchmetrics syncs across ranks itself
+                # Every metric (ember's and torchmetrics') sums its state over the ranks itself.
+                out[name] = float(metric.compute())
             metric.reset()
         return out
 
@@ -68,10 +69,12 @@ class Program:
         if cfg is not None:
             out.update(
                 optimizer=_name(cfg.optimizer),
-                loss=_name(cfg.loss),
+                loss=_name(cfg.loss) if cfg.loss is not None else "the model's own",
                 lr=cfg.lr,
                 metrics=",".join(_name(m) for m in cfg.metrics),
             )
+            if hasattr(cfg.loss_fn, "from_logits"):  # which the cross-entropy read (see the log)
+                out["from_logits"] = cfg.loss_fn.from_logits
         return out
 
 

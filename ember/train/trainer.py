@@ -7,6 +7,7 @@ and prediction loops in `evaluation`, and the checks and defaults for the Traine
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import shutil
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from ember.train import evaluation, loop_state, steps, trainer_setup
+from ember.train.backup import BackupAndRestore
 from ember.train.budget import TimeBudget
 from ember.train.callbacks import Callback, CallbackRunner
 from ember.train.distributed import get_strategy
@@ -62,7 +64,12 @@ class Trainer:
         enable_checkpointing: add a `ModelCheckpoint` (last + best) when none is given.
         enable_report: write `report.html` (curves, confusion matrix, norms) into the run dir.
         terminate_on_nan: stop with an error when the loss becomes NaN or infinite.
-        limit_train_batches: use only this many batches per epoch (for quick runs).
+        limit_train_batches: use only this many training batches per epoch (for quick runs).
+        limit_val_batches: use only this many validation batches per evaluation.
+        fast_dev_run: True (or n) runs 1 (or n) training and validation batches in one epoch,
+            with no logger, checkpoints or report: a quick check that the code runs end to end.
+        overfit_batches: train on the same first n batches every epoch (in order, unshuffled) and
+            validate on the first n validation batches: a model that cannot overfit them has a bug.
 
     Example:
         >>> trainer = ember.Trainer(max_epochs=5, precision="bf16-mixed", seed=0)
@@ -94,10 +101,22 @@ class Trainer:
         enable_report: bool = True,
         terminate_on_nan: bool = True,
         limit_train_batches: int | None = None,
+        limit_val_batches: int | None = None,
+        fast_dev_run: bool | int = False,
+        overfit_batches: int = 0,
     ) -> None:
         trainer_setup.check_arguments(
             accumulate_grad_batches, log_every_n_steps, gradient_clip_algorithm
         )
+        dev_run = trainer_setup.check_batch_limits(
+            limit_train_batches, limit_val_batches, fast_dev_run, overfit_batches
+        )
+        if dev_run:  # Lightning's fast_dev_run: n batches, one epoch, nothing written
+            max_epochs, max_steps = 1, None
+            limit_train_batches = limit_val_batches = dev_run
+            logger = enable_checkpointing = enable_report = False
+        if overfit_batches:
+            limit_train_batches = limit_val_batches = overfit_batches
         if max_epochs is None and max_steps is None:
             max_epochs = 1000
         self.max_epochs, self.max_steps = max_epochs, max_steps
@@ -112,7 +131,8 @@ class Trainer:
         self.deterministic = deterministic
         self.log_every_n_steps = log_every_n_steps
         self.terminate_on_nan = terminate_on_nan
-        self.limit_train_batches = limit_train_batches
+        self.limit_train_batches, self.limit_val_batches = limit_train_batches, limit_val_batches
+        self.fast_dev_run, self.overfit_batches = dev_run, overfit_batches
         self.loggers = make_loggers(logger, default_root_dir, name)
         self._run_dir = self.loggers[0] if self.loggers else Logger(default_root_dir, name)
         progress = enable_progress_bar and self.strategy.is_global_zero
@@ -170,9 +190,14 @@ class Trainer:
             The History of per-epoch metrics.
         """
         program = Program(model)
+        backup = next((c for c in self.callbacks if isinstance(c, BackupAndRestore)), None)
+        if ckpt_path is None and backup is not None:
+            ckpt_path = backup.latest()  # None: no backup yet, a fresh start
         ckpt = loop_state.find_checkpoint(self, ckpt_path) if ckpt_path is not None else None
         loop_state.share_run_dir(self)
         trainer_setup.seed_run(self, ckpt)
+        if self.overfit_batches:
+            train_data = trainer_setup.first_batches(train_data, self.overfit_batches)
         train_loader = loop_state.prepare_loader(self, train_data, shuffle=True)
         val_loader = None
         if val_data is not None:
@@ -280,6 +305,8 @@ class Trainer:
                 self._optimizer_step(program, loss)
             if per_batch:
                 runner.call("on_train_batch_end", self, module, logs, batch_idx)
+                if self.should_stop:  # a callback stopped the fit mid-epoch (TerminateOnNaN)
+                    break
             if self.max_steps is not None and self.global_step >= self.max_steps:
                 self.should_stop = True
                 break
@@ -327,7 +354,7 @@ class Trainer:
 
     def _write_history(self, failing: bool = False) -> None:
         """Write history.json (rank 0); while fit fails, a write error must not hide fit's own."""
-        if not self.is_global_zero:
+        if not self.is_global_zero or self.fast_dev_run:
             return
         try:
             self.history.write(self.log_dir / "history.json")
@@ -357,7 +384,30 @@ class Trainer:
         loader = loop_state.prepare_loader(self, data, shuffle=False)
         return self._validate(program, loader)
 
+    def test(self, model: nn.Module, data: Any) -> list[dict[str, float]]:
+        """Evaluate `model` on held-out test data, as Lightning's `trainer.test`.
+
+        Returns:
+            A list with one dict per data set (Lightning's shape), its keys prefixed with
+            "test_": `test_loss` and each compiled metric, e.g. `test_accuracy`.
+
+        Example:
+            >>> trainer.fit(model, train_loader, val_loader)
+            >>> results = trainer.test(model, test_loader)
+        """
+        results = {f"test_{k}": v for k, v in self.validate(model, data).items()}
+        log.info("Test: %s", ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
+        return [results]
+
+    def lr_find(self, model: nn.Module, train_data: Any, **kwargs: Any) -> Any:
+        """Run the learning-rate range test on this Trainer's device; see `ember.train.lr_find`."""
+        from ember.train.lr_finder import lr_find
+
+        return lr_find(model, train_data, device=self.device, **kwargs)
+
     def _validate(self, program: Program, loader: Any) -> dict[str, float]:
+        if self.limit_val_batches is not None:
+            loader = itertools.islice(loader, self.limit_val_batches)
         kwargs = dict(device=self.device, precision=self.precision, strategy=self.strategy)
         return evaluation.evaluate(program, loader, "val", **kwargs)
 
@@ -401,7 +451,7 @@ class Trainer:
             logger.log_metrics(metrics, step)
 
     def _start_logging(self, program: Program, loader: Any, resumed: bool) -> None:
-        if not self.is_global_zero:
+        if not self.is_global_zero or self.fast_dev_run:  # a dev run writes no files
             return
         loop_state.write_run_record(self, program, loader)
         for logger in self.loggers:

@@ -7,7 +7,10 @@ what was received and what is allowed.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import random
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,13 +23,18 @@ from ember.train.model_checkpoint import ModelCheckpoint
 if TYPE_CHECKING:
     from ember.train.trainer import Trainer
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "check_arguments",
+    "check_batch_limits",
+    "first_batches",
     "check_positive",
     "default_callbacks",
     "make_loggers",
     "nan_message",
     "seed_run",
+    "set_deterministic",
     "trainer_hparams",
 ]
 
@@ -129,9 +137,12 @@ def default_callbacks(
 
         if not any(isinstance(c, ReportCallback) for c in callbacks):
             callbacks.append(ReportCallback())
-    # Checkpoints last: they must capture the state every other callback updated this epoch.
-    return [c for c in callbacks if not isinstance(c, ModelCheckpoint)] + [
-        c for c in callbacks if isinstance(c, ModelCheckpoint)
+    # Checkpoints (and backups) last: they must capture the state every other callback updated.
+    from ember.train.backup import BackupAndRestore
+
+    saves = (ModelCheckpoint, BackupAndRestore)
+    return [c for c in callbacks if not isinstance(c, saves)] + [
+        c for c in callbacks if isinstance(c, saves)
     ]
 
 
@@ -167,7 +178,27 @@ def seed_run(trainer: Trainer, ckpt: Any) -> None:
     from ember.train.rng import seed_everything
 
     seed_everything(trainer.seed)
-    torch.use_deterministic_algorithms(trainer.deterministic, warn_only=False)
+    set_deterministic(trainer.deterministic)
+
+
+def set_deterministic(mode: bool) -> None:
+    """`torch.use_deterministic_algorithms(mode)`, skipped when torch is already in that mode.
+
+    torch's function imports `torch._inductor.config` (sympy and more: ~1.5 s on a small CPU) to
+    set inductor's flag too. When the flag already holds `mode` and inductor's config is not
+    loaded (its default is False), there is nothing to change and nothing to import.
+
+    Example:
+        >>> set_deterministic(False); torch.are_deterministic_algorithms_enabled()
+        False
+    """
+    unchanged = (
+        torch.are_deterministic_algorithms_enabled() == mode
+        and not torch.is_deterministic_algorithms_warn_only_enabled()
+    )
+    if unchanged and (mode or "torch._inductor.config" not in sys.modules):
+        return
+    torch.use_deterministic_algorithms(mode, warn_only=False)
 
 
 def trainer_hparams(trainer: Trainer) -> dict[str, Any]:
@@ -185,3 +216,51 @@ def trainer_hparams(trainer: Trainer) -> dict[str, Any]:
         "gradient_clip_val": trainer.gradient_clip_val,
         "seed": trainer.seed,
     }
+
+
+def check_batch_limits(
+    limit_train: Any, limit_val: Any, fast_dev_run: Any, overfit_batches: Any
+) -> int:
+    """Check the batch-limit arguments; returns fast_dev_run's batch count (0: off).
+
+    Example:
+        >>> check_batch_limits(None, 2, True, 0)
+        1
+    """
+    for name, value in (("limit_train_batches", limit_train), ("limit_val_batches", limit_val)):
+        if value is not None:
+            check_positive(**{name: value})
+    if isinstance(fast_dev_run, bool) or fast_dev_run == 0:
+        dev_run = int(fast_dev_run)
+    else:
+        check_positive(fast_dev_run=fast_dev_run)
+        dev_run = fast_dev_run
+    if (
+        not isinstance(overfit_batches, int)
+        or isinstance(overfit_batches, bool)
+        or overfit_batches < 0
+    ):
+        raise ValueError(
+            "Received an invalid value for `overfit_batches`, expected an integer >= 0 (0: off). "
+            f"Received: overfit_batches={overfit_batches!r}"
+        )
+    return dev_run
+
+
+def first_batches(data: Any, n: int) -> list:
+    """The first `n` batches of `data` in order (a shuffling DataLoader is read unshuffled).
+
+    Example:
+        >>> len(first_batches(train_loader, 2))
+        2
+    """
+    from torch.utils.data import DataLoader, Dataset
+
+    if isinstance(data, DataLoader) and data.batch_size is not None:
+        data = DataLoader(data.dataset, batch_size=data.batch_size, collate_fn=data.collate_fn)
+    elif isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        data = DataLoader(data, batch_size=32)
+    batches = list(itertools.islice(iter(data), n))
+    if len(batches) < n:
+        log.warning("overfit_batches=%d, but the training data has only %d.", n, len(batches))
+    return batches

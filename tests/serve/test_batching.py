@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -17,10 +16,26 @@ from ember.serve.batching import Batcher, BatchingConfig
 from tests.serve.conftest import mlp
 
 
-def _recording_run(calls: list, delay: float = 0.0):
+class FakeClock:
+    """A clock the fake models move forward instead of sleeping: ``Batcher(clock=FakeClock())``."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+def _recording_run(calls: list, delay: float = 0.0, clock: FakeClock | None = None):
     def run(inputs: dict) -> dict:
         calls.append({k: v.shape for k, v in inputs.items()})
-        time.sleep(delay)
+        if clock is not None:
+            clock.advance(delay)  # the model "takes" `delay` seconds
         return {"y": inputs["x"] * 2.0, "total": inputs["x"].sum(axis=1)}
 
     return run
@@ -66,7 +81,8 @@ def test_adaptive_mode_shrinks_batches_over_the_latency_target():
     async def main() -> Batcher:
         with ThreadPoolExecutor(1) as pool:
             config = BatchingConfig(64, adaptive=True, target_p99_ms=1.0)
-            batcher = Batcher(_recording_run(calls, delay=0.004), pool, config)
+            clock = FakeClock()
+            batcher = Batcher(_recording_run(calls, 0.004, clock), pool, config, clock=clock)
             for _ in range(30):
                 await asyncio.gather(
                     *(batcher.submit({"x": np.ones((1, 3), np.float32)}) for _ in range(4))
@@ -110,7 +126,8 @@ def test_concurrent_http_requests_are_batched_with_unchanged_results(server):
     xs = [rng.standard_normal((1 + i % 3, 4)).astype(np.float32) for i in range(24)]
 
     async def fire() -> list:
-        async with httpx.AsyncClient(base_url=server.url) as client:
+        # 24 connections at once: a generous timeout, so a loaded CI machine is not a failure.
+        async with httpx.AsyncClient(base_url=server.url, timeout=60.0) as client:
             bodies = [
                 {
                     "inputs": [
@@ -146,21 +163,21 @@ def test_concurrent_http_requests_are_batched_with_unchanged_results(server):
     assert count < len(xs)  # fewer model calls than requests: they were batched
 
 
-def _thread_recording_run(threads: list, delay: float = 0.0):
+def _thread_recording_run(threads: list, clock: FakeClock, delay: float = 0.0):
     def run(inputs: dict) -> dict:
         threads.append(threading.get_ident())
-        time.sleep(delay)
+        clock.advance(delay)
         return {"y": inputs["x"] + 1.0}
 
     return run
 
 
-def _submit_sequentially(run, config: BatchingConfig, n: int) -> int:
+def _submit_sequentially(run, config: BatchingConfig, n: int, clock: FakeClock) -> int:
     """Submits ``n`` requests one after another; returns the event loop's thread id."""
 
     async def main() -> int:
         with ThreadPoolExecutor(2) as pool:
-            batcher = Batcher(run, pool, config)
+            batcher = Batcher(run, pool, config, clock=clock)
             for i in range(n):
                 out = await batcher.submit({"x": np.full((1, 4), float(i), np.float32)})
                 np.testing.assert_array_equal(out["y"], np.full((1, 4), i + 1.0, np.float32))
@@ -172,8 +189,11 @@ def _submit_sequentially(run, config: BatchingConfig, n: int) -> int:
 
 def test_calls_shorter_than_a_thread_hand_off_run_on_the_event_loop():
     threads: list = []
-    config = BatchingConfig(8, inline_below_ms=5.0)  # generous: a loaded CI machine stalls
-    loop_thread = _submit_sequentially(_thread_recording_run(threads), config, 5)
+    clock = FakeClock()
+    config = BatchingConfig(8, inline_below_ms=5.0)
+    loop_thread = _submit_sequentially(
+        _thread_recording_run(threads, clock, 0.001), config, 5, clock
+    )
     # The first call has no estimate yet and goes to the pool; the next ones are measured as
     # far under the limit and run inline.
     assert threads[0] != loop_thread
@@ -182,24 +202,28 @@ def test_calls_shorter_than_a_thread_hand_off_run_on_the_event_loop():
 
 def test_slow_calls_and_inline_off_stay_in_the_thread_pool():
     threads: list = []
-    loop_thread = _submit_sequentially(_thread_recording_run(threads, 0.02), BatchingConfig(8), 4)
+    clock = FakeClock()
+    run = _thread_recording_run(threads, clock, 0.02)
+    loop_thread = _submit_sequentially(run, BatchingConfig(8), 4, clock)
     assert loop_thread not in threads  # 20 ms per call: the hand-off is worth it
     threads.clear()
     config = BatchingConfig(8, inline_below_ms=0)
-    loop_thread = _submit_sequentially(_thread_recording_run(threads), config, 4)
+    run = _thread_recording_run(threads, clock, 0.0001)
+    loop_thread = _submit_sequentially(run, config, 4, clock)
     assert loop_thread not in threads
 
 
 def test_one_slow_call_stops_inlining_at_once():
     threads: list = []
-    delays = iter([0.0, 0.0, 0.05, 0.0, 0.0])
+    clock = FakeClock()
+    delays = iter([0.0001, 0.0001, 0.05, 0.0001, 0.0001])
 
     def run(inputs: dict) -> dict:
         threads.append(threading.get_ident())
-        time.sleep(next(delays))
+        clock.advance(next(delays))
         return {"y": inputs["x"] + 1.0}
 
-    loop_thread = _submit_sequentially(run, BatchingConfig(8, inline_below_ms=5.0), 5)
+    loop_thread = _submit_sequentially(run, BatchingConfig(8, inline_below_ms=5.0), 5, clock)
     on_loop = [t == loop_thread for t in threads]
     # pool (no estimate), inline, inline (takes 50 ms), then the pool again (estimate moved up).
     assert on_loop == [False, True, True, False, False]
@@ -232,7 +256,7 @@ def test_inline_sized_requests_ready_together_merge_into_one_call():
 def test_long_calls_run_one_at_a_time_and_short_ones_overlap():
     def peak_in_flight(long: bool) -> int:
         state = {"now": 0, "peak": 0, "calls": 0}
-        lock, pair = threading.Lock(), threading.Event()
+        lock, pair, clock = threading.Lock(), threading.Event(), FakeClock()
 
         def run(inputs: dict) -> dict:
             with lock:
@@ -242,9 +266,10 @@ def test_long_calls_run_one_at_a_time_and_short_ones_overlap():
                 first = state["calls"] == 1
                 if state["now"] == 2:
                     pair.set()
-            if long:
-                time.sleep(0.02)
-            elif not first:  # a short call: wait (bounded) for a second one to overlap it
+            clock.advance(0.02 if long else 0.0001)  # what the batcher measures for this call
+            if long and state["calls"] == 2:  # were a second slot open, a call would join now
+                pair.wait(0.3)
+            elif not long and not first:  # a short call: wait (bounded) for a second one
                 pair.wait(2.0)
             with lock:
                 state["now"] -= 1
@@ -253,7 +278,7 @@ def test_long_calls_run_one_at_a_time_and_short_ones_overlap():
         async def main() -> None:
             with ThreadPoolExecutor(4) as pool:
                 config = BatchingConfig(2, inline_below_ms=0, max_concurrent_batches=2)
-                batcher = Batcher(run, pool, config)
+                batcher = Batcher(run, pool, config, clock=clock)
                 x = np.zeros((1, 2), np.float32)
                 await batcher.submit({"x": x})  # the first call measures the model
                 await asyncio.gather(*(batcher.submit({"x": x}) for _ in range(12)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import stat
 
 import httpx
@@ -101,3 +102,23 @@ def test_resolve_token(tmp_path):
         resolve_token("short")
     first = resolve_token(token_file=tmp_path / "t")
     assert len(first) >= 32 and resolve_token(token_file=tmp_path / "t") == first
+
+
+def test_load_answers_400_with_the_reason_when_the_version_failed(server, repo_dir):
+    (repo_dir / "broken" / "1").mkdir(parents=True)
+    (repo_dir / "broken" / "1" / "model.onnx").write_bytes(b"not an onnx model")
+    r = _manage(server, "/v2/repository/models/broken/load")
+    assert r.status_code == 400, r.text
+    assert "Model 'broken' did not load: version 1 FAILED: Cannot load" in r.json()["error"]
+    assert [(v["version"], v["state"]) for v in r.json()["versions"]] == [(1, "FAILED")]
+    # A model whose newest version serves loads fine.
+    assert _manage(server, "/v2/repository/models/mlp/load").status_code == 200
+
+
+def test_load_refuses_a_symlink_out_of_the_repository(server, repo_dir, tmp_path):
+    shutil.copytree(repo_dir / "mlp", tmp_path / "elsewhere")
+    (repo_dir / "evil").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    r = _manage(server, "/v2/repository/models/evil/load")
+    assert r.status_code == 400 and "symlink to outside the repository" in r.json()["error"]
+    r = _manage(server, "/v2/repository/models/mlp%0A/load")  # a trailing newline
+    assert r.status_code == 400 and "Invalid model name" in r.json()["error"]

@@ -60,3 +60,23 @@ def test_requests_latencies_and_models_loaded_are_exported(server):
     for name in ("ember_request_duration_seconds_bucket", "ember_queue_duration_seconds_bucket",
                  "ember_compute_duration_seconds_bucket", "ember_batch_size_bucket"):  # fmt: skip
         assert f'{name}{{le="0.0005",model="mlp"' in text or f"{name}{{" in text, name
+
+
+def test_version_states_are_a_gauge_that_follows_each_change():
+    metrics = ServeMetrics()
+    metrics.set_states("m", {1: "AVAILABLE", 2: "LOADING"})
+    metrics.set_states("m", {1: "AVAILABLE", 2: "FAILED", 3: "PENDING"})
+    text = metrics.render()[0].decode()
+    for line in (
+        'ember_model_version_state{model="m",state="AVAILABLE",version="1"} 1.0',
+        'ember_model_version_state{model="m",state="FAILED",version="2"} 1.0',
+        'ember_model_version_state{model="m",state="PENDING",version="3"} 1.0',
+    ):
+        assert line in text, line
+    assert 'state="LOADING"' not in text
+    metrics.set_states("m", {1: "END", 2: "FAILED"})  # 1 unloaded, 3 left the disk
+    text = metrics.render()[0].decode()
+    assert 'version="1"' not in text and 'version="3"' not in text and 'version="2"' in text
+    metrics.set_loaded("m", 0)
+    metrics.forget_model("m")
+    assert 'model="m"' not in metrics.render()[0].decode()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import shutil
 import threading
@@ -24,6 +26,13 @@ def _wait(predicate, timeout: float = 30.0) -> None:
     while not predicate():
         assert time.time() < deadline, "condition not reached in time"
         time.sleep(0.05)
+
+
+def _fix_sha256(package, *names: str) -> None:
+    manifest = json.loads((package / "ember.json").read_text())
+    for name in names:
+        manifest["files"][name] = hashlib.sha256((package / name).read_bytes()).hexdigest()
+    (package / "ember.json").write_text(json.dumps(manifest))
 
 
 def _states(server, name: str) -> dict[int, str]:
@@ -60,10 +69,11 @@ def test_new_version_takes_traffic_with_zero_failed_requests_under_load(server, 
     assert _states(server, "half_plus_three") == {123: "END", 124: "AVAILABLE"}
 
 
-def test_corrupt_version_is_reported_and_never_serves(server, repo_dir):
-    bad = repo_dir / "mlp" / "3"
-    bad.mkdir()
+def test_corrupt_version_is_reported_and_never_serves(server, repo_dir, tmp_path):
+    bad = shutil.copytree(repo_dir / "mlp" / "1", tmp_path / "staging" / "3")
     (bad / "model.onnx").write_bytes(b"this is not an onnx model")
+    _fix_sha256(bad, "model.onnx")  # checksums right: the runtime itself must refuse the file
+    os.rename(bad, repo_dir / "mlp" / "3")
     _wait(lambda: _states(server, "mlp").get(3) == "FAILED")
     (row,) = [r for r in server.repository.status("mlp") if r["version"] == 3]
     assert "Cannot load" in row["error"]
@@ -163,3 +173,100 @@ def test_version_dir_being_written_loads_once_stable(server, repo_dir):
         time.sleep(0.05)  # slower than nothing, faster than two polls
     _wait(lambda: _states(server, "half_plus_three").get(200) == "AVAILABLE")
     assert _states(server, "half_plus_three")[123] in ("UNLOADING", "END")
+
+
+def _broken(repo_dir, name: str = "broken") -> None:
+    (repo_dir / name / "1").mkdir(parents=True)
+    (repo_dir / name / "1" / "model.onnx").write_bytes(b"not an onnx model")
+
+
+def test_readiness_default_and_strict(repo_dir, tmp_path):
+    _broken(repo_dir)
+
+    async def ready(root, **options) -> bool:
+        repo = ModelRepository(root, poll_interval=0, **options)
+        assert not repo.ready  # never before the startup load settled
+        await repo.start()
+        try:
+            return repo.ready
+        finally:
+            await repo.stop()
+
+    async def main() -> None:
+        assert await ready(repo_dir)  # one failed model: the others serve, the replica stays in
+        assert not await ready(repo_dir, strict_readiness=True)  # Triton's strict mode
+        shutil.rmtree(repo_dir / "mlp")
+        shutil.rmtree(repo_dir / "half_plus_three")
+        assert not await ready(repo_dir)  # nothing serves at all
+        shutil.rmtree(repo_dir / "broken")
+        assert await ready(repo_dir) and await ready(repo_dir, strict_readiness=True)  # empty
+
+    asyncio.run(main())
+
+
+def test_removed_model_directory_is_unloaded_and_forgotten(server, repo_dir):
+    shutil.rmtree(repo_dir / "half_plus_three")
+    _wait(lambda: "half_plus_three" not in server.repository.models())
+    assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+    assert httpx.get(server.url + "/ping").status_code == 200
+    r = httpx.get(server.url + "/v2/models/half_plus_three")
+    assert r.status_code == 404 and "Unknown model" in r.json()["error"]
+    text = httpx.get(server.url + "/metrics").text  # past request histograms stay; gauges go
+    assert 'ember_models_loaded{model="half_plus_three"}' not in text
+    assert 'ember_model_version_state{model="half_plus_three"' not in text
+    shutil.copytree(repo_dir / "mlp" / "1", repo_dir / "half_plus_three" / "1")  # it comes back
+    _wait(lambda: "half_plus_three" in server.repository.models()
+          and _states(server, "half_plus_three") == {1: "AVAILABLE"})  # fmt: skip
+
+
+def test_failed_new_model_is_reported_with_its_reason_and_keeps_the_server_ready(server, repo_dir):
+    _broken(repo_dir)
+    _wait(
+        lambda: (
+            "broken" in server.repository.models() and _states(server, "broken") == {1: "FAILED"}
+        )
+    )
+    assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+    r = httpx.get(server.url + "/v2/models/broken/ready")
+    assert r.status_code == 503 and r.json()["ready"] is False
+    assert "version 1 FAILED: Cannot load" in r.json()["error"]
+    r = httpx.get(server.url + "/v2/models/broken")
+    assert r.status_code == 503 and "version 1 FAILED: Cannot load" in r.json()["error"]
+    r = httpx.get(server.url + "/v2/models/broken/versions/1")
+    assert r.status_code == 404 and "state: FAILED: Cannot load" in r.json()["error"]
+    text = httpx.get(server.url + "/metrics").text
+    assert 'ember_model_version_state{model="broken",state="FAILED",version="1"} 1.0' in text
+    assert 'ember_model_version_state{model="mlp",state="AVAILABLE",version="2"} 1.0' in text
+
+
+def test_strict_readiness_is_not_ready_while_a_model_fails(repo_dir, start_server):
+    _broken(repo_dir)
+    server = start_server(repo_dir, wait_ready=False, strict_readiness=True)
+    _wait(lambda: server.repository.started)
+    assert httpx.get(server.url + "/v2/health/ready").status_code == 503
+    assert httpx.get(server.url + "/ping").status_code == 503
+    shutil.rmtree(repo_dir / "broken")  # the watcher unloads it: every model serves again
+    _wait(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 200)
+
+
+def test_slow_upload_is_pending_until_complete_and_never_unloads_the_serving_version(
+    server, repo_dir
+):
+    source, target = repo_dir / "half_plus_three" / "123", repo_dir / "half_plus_three" / "124"
+    target.mkdir()
+    order = ["model.onnx", "sample.safetensors", "weights.safetensors", "ember.json", "model.pt2"]
+    assert sorted(order) == sorted(os.listdir(source))
+    for done, name in enumerate(order[:-1]):
+        shutil.copy(source / name, target / name)
+        _wait(lambda: _states(server, "half_plus_three").get(124) == "PENDING")
+        time.sleep(0.5)  # several scans: still pending, 123 still serves
+        assert _states(server, "half_plus_three") == {123: "AVAILABLE", 124: "PENDING"}, done
+        r = httpx.post(server.url + "/v2/models/half_plus_three/infer", json=HALF)
+        assert r.json()["model_version"] == "123"
+    (row,) = [r for r in server.repository.status("half_plus_three") if r["version"] == 124]
+    assert row["error"] == "waiting for files listed in ember.json: model.pt2"
+    tf = httpx.get(server.url + "/v1/models/half_plus_three/versions/124").json()
+    assert tf["model_version_status"][0]["state"] == "START"  # TF Serving's "not yet loading"
+    assert "model.pt2" in tf["model_version_status"][0]["status"]["error_message"]
+    shutil.copy(source / "model.pt2", target / "model.pt2")
+    _wait(lambda: _states(server, "half_plus_three").get(124) == "AVAILABLE")

@@ -47,6 +47,8 @@ def test_bad_routing_requests_are_clear_errors():
         routes.set_canary(2, 101)
     with pytest.raises(ServeError, match="Invalid label 'a b'"):
         routes.set_label("a b", 1)
+    with pytest.raises(ServeError, match=r"Invalid label 'stable\\n'"):  # full match, not "$"
+        routes.set_label("stable\n", 1)
     routes.set_label("stable", 1)
     assert routes.labels == {"stable": 1}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -124,3 +125,77 @@ def test_access_log_has_one_line_per_request(server, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "ember.serve.access"]
     assert any('"GET /v2/health/live" 200' in line for line in lines), lines
     assert any('"GET /v2/models/ghost" 404' in line for line in lines), lines
+
+
+def _start_cli_server(repo: Path, tmp_path: Path, name: str) -> tuple[subprocess.Popen, list]:
+    """`ember serve REPO --port 0` in a process; its stderr lines collect in the list."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "ember.cli", "serve", str(repo), "--port", "0",
+            "--poll-interval", "0", "--token-file", str(tmp_path / f"{name}.token")]  # fmt: skip
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    threading.Thread(
+        target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True
+    ).start()
+    return proc, lines
+
+
+def _wait_for(lines: list, proc: subprocess.Popen, text: str, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while not any(text in line for line in lines):
+        assert proc.poll() is None, "".join(lines)
+        assert time.time() < deadline, "".join(lines)
+        time.sleep(0.05)
+
+
+def _listed(lines: list, label: str) -> str:
+    """The address the announcement line `  <label>   <address> ...` gives."""
+    return next(m.group(1) for line in lines if (m := re.match(rf"\s+{label}\s+(\S+)", line)))
+
+
+@pytest.mark.e2e
+def test_two_cli_servers_with_port_0_announce_their_ports_and_models(repo_dir, tmp_path):
+    servers = [_start_cli_server(repo_dir, tmp_path, name) for name in ("a", "b")]
+    try:
+        seen = []
+        for proc, lines in servers:
+            _wait_for(lines, proc, "Loaded model     mlp")
+            _wait_for(lines, proc, "Loaded model     half_plus_three")
+            rest = _listed(lines, "KServe v2 REST").split("/v2/")[0]
+            grpc = _listed(lines, "KServe v2 gRPC")
+            management = _listed(lines, "Management").split("/v2/")[0]
+            assert any("mlp (version 1, 2)" in line for line in lines)
+            assert httpx.get(rest + "/v2/health/ready").status_code == 200
+            token = next(tmp_path.glob(f"{'ab'[len(seen) // 3]}.token")).read_text().strip()
+            index = httpx.post(management + "/v2/repository/index",
+                               headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+            assert index.status_code == 200, index.text
+            with socket.create_connection(tuple(grpc.rsplit(":", 1)), timeout=5):
+                pass  # the gRPC port accepts connections
+            seen += [rest.rsplit(":", 1)[1], grpc.rsplit(":", 1)[1], management.rsplit(":", 1)[1]]
+        assert len(set(seen)) == 6 and "0" not in seen  # six real, distinct ports
+    finally:
+        for proc, _ in servers:
+            proc.send_signal(signal.SIGTERM)
+        for proc, _ in servers:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def test_grpc_and_management_port_0_pick_free_ports_and_loaded_models_are_announced(
+    repo_dir, tmp_path, start_server, caplog
+):
+    caplog.set_level(logging.INFO, logger="ember.serve.server")
+    server = start_server(repo_dir, grpc_port=0, management_port=0,
+                          token_file=tmp_path / "token")  # fmt: skip
+    host, port = server.info["grpc"].rsplit(":", 1)
+    assert int(port) > 0 and not server.info["management"].endswith(":0")
+    with socket.create_connection((host, int(port)), timeout=5):
+        pass
+    deadline = time.time() + 30
+    while "Loaded model     mlp (version 1, 2)" not in caplog.text:
+        assert time.time() < deadline, caplog.text
+        time.sleep(0.05)
+    assert "Loaded model     half_plus_three (version 123)" in caplog.text

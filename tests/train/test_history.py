@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from ember.train.history import History
 
 
@@ -27,3 +29,34 @@ def test_write_is_atomic_and_readable(tmp_path):
     history.write(tmp_path / "history.json")
     assert json.loads((tmp_path / "history.json").read_text())["history"] == {"loss": [2.0]}
     assert not (tmp_path / "history.json.tmp").exists()
+
+
+def test_history_plot_draws_each_metric_with_its_validation_curve():
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ember.train.history import History
+
+    h = History()
+    for e in range(3):
+        h.append(e, {"loss": 1.0 / (e + 1), "accuracy": 0.5 + e / 10, "val_loss": 1.2 / (e + 1),
+                     "val_accuracy": 0.4 + e / 10, "lr": 0.1})  # fmt: skip
+    axes = h.plot()
+    assert [ax.get_title() for ax in axes] == ["loss", "accuracy"]
+    lines = {line.get_label(): list(line.get_ydata()) for line in axes[0].lines}
+    assert lines == {"loss": h.history["loss"], "val_loss": h.history["val_loss"]}
+    assert list(axes[0].lines[0].get_xdata()) == [1, 2, 3]
+    with pytest.raises(ValueError, match="unknown metrics \\['f1'\\]"):
+        h.plot(["f1"])
+
+
+def test_history_plot_without_matplotlib_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from ember.train.history import History
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        History().plot()

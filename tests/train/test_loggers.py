@@ -1,4 +1,5 @@
 import csv
+import warnings
 
 import pytest
 import torch
@@ -40,8 +41,9 @@ class _StepLosses(ember.Callback):
         self.losses.append((trainer.global_step, logs["loss"].item()))
 
 
-def _events(log_dir):
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0})
+def _events(log_dir, run="train"):
+    """The events of one run directory of Keras's layout (`train/` or `validation/`)."""
+    acc = EventAccumulator(str(log_dir / run), size_guidance={"scalars": 0, "histograms": 0})
     acc.Reload()
     return acc
 
@@ -77,20 +79,48 @@ def tb_run(tmp_path_factory):
     return model, trainer, history, steps, _events(trainer.log_dir)
 
 
+@pytest.fixture(scope="module")
+def tb_val(tb_run):
+    return _events(tb_run[1].log_dir, "validation")
+
+
 def test_tensorboard_per_step_loss_matches_the_losses_of_the_steps(tb_run):
     _, trainer, _, steps, acc = tb_run
-    logged = _scalars(acc, "step/loss")
+    logged = _scalars(acc, "batch_loss")
     assert [s for s, _ in logged] == list(range(1, EPOCHS * N // BATCH + 1))
     assert [v for _, v in logged] == pytest.approx([v for _, v in steps.losses], rel=1e-6)
     assert trainer.global_step == EPOCHS * N // BATCH
 
 
-@pytest.mark.parametrize("tag", ["loss", "accuracy", "val_loss", "val_accuracy", "lr"])
-def test_tensorboard_epoch_scalars_match_the_history(tb_run, tag):
+@pytest.mark.parametrize(
+    "key, run, tag",
+    [
+        ("loss", "train", "epoch_loss"),
+        ("accuracy", "train", "epoch_accuracy"),
+        ("val_loss", "validation", "epoch_loss"),
+        ("val_accuracy", "validation", "epoch_accuracy"),
+        ("lr", "train", "epoch_learning_rate"),
+    ],
+)
+def test_tensorboard_epoch_scalars_match_the_history(tb_run, tb_val, key, run, tag):
     _, _, history, _, acc = tb_run
-    logged = _scalars(acc, tag)
+    logged = _scalars(acc if run == "train" else tb_val, tag)
     assert [s for s, _ in logged] == list(range(EPOCHS))
-    assert [v for _, v in logged] == pytest.approx(history.history[tag], rel=1e-6)
+    assert [v for _, v in logged] == pytest.approx(history.history[key], rel=1e-6)
+
+
+def test_tensorboard_layout_is_keras_train_and_validation_runs_with_the_same_tags(tb_run, tb_val):
+    _, trainer, _, _, acc = tb_run
+    assert sorted(p.name for p in trainer.log_dir.iterdir() if p.is_dir()) == [
+        "train",
+        "validation",
+    ]
+    assert not list(trainer.log_dir.glob("events.out.tfevents.*"))  # only inside the two runs
+    train_tags, val_tags = set(acc.Tags()["scalars"]), set(tb_val.Tags()["scalars"])
+    assert val_tags == {"epoch_loss", "epoch_accuracy"}  # one chart each with the train curve
+    assert val_tags < train_tags
+    assert {"batch_loss", "epoch_learning_rate"} < train_tags  # per step and per epoch apart
+    assert not [t for t in train_tags | val_tags if t.startswith("val_") or t.startswith("step/")]
 
 
 def test_tensorboard_histograms_of_every_weight_and_gradient(tmp_path):
@@ -171,14 +201,14 @@ def test_tensorboard_files_live_in_numbered_versions(tmp_path):
     _, second, _ = _fit(tmp_path, epochs=1)
     assert first.log_dir == tmp_path / "default" / "version_0"
     assert second.log_dir == tmp_path / "default" / "version_1"
-    assert list(first.log_dir.glob("events.out.tfevents.*"))
+    assert list((first.log_dir / "train").glob("events.out.tfevents.*"))
     assert next_version(tmp_path / "default") == 2
     assert (second.log_dir / "history.json").is_file()
 
 
 def test_log_every_n_steps_sets_the_per_step_frequency(tmp_path):
     _, trainer, _ = _fit(tmp_path, epochs=2, log_every_n_steps=3)
-    assert [s for s, _ in _scalars(_events(trainer.log_dir), "step/loss")] == [3, 6]
+    assert [s for s, _ in _scalars(_events(trainer.log_dir), "batch_loss")] == [3, 6]
 
 
 def test_histogram_frequency_and_graph_can_be_turned_down(tmp_path):
@@ -218,7 +248,7 @@ def test_several_loggers_share_one_run(tmp_path):
     assert trainer.log_dir == tb.log_dir
     assert csv_logger.log_dir == tb.log_dir == tmp_path / "both" / "version_0"
     assert (tb.log_dir / "metrics.csv").is_file()
-    assert list(tb.log_dir.glob("events.out.tfevents.*"))
+    assert list((tb.log_dir / "train").glob("events.out.tfevents.*"))
 
 
 def test_logger_false_writes_no_event_files(tmp_path):
@@ -260,7 +290,9 @@ class _ReadsEvents(ember.Callback):
     def on_train_epoch_start(self, trainer, module):
         acc = _events(trainer.log_dir)
         self.seen.append(
-            [s for s, _ in _scalars(acc, "loss")] if "loss" in acc.Tags()["scalars"] else []
+            [s for s, _ in _scalars(acc, "epoch_loss")]
+            if (trainer.log_dir / "train").is_dir() and "epoch_loss" in acc.Tags()["scalars"]
+            else []
         )
 
 
@@ -276,7 +308,7 @@ def test_scalars_wait_for_flush_secs_and_fit_ends_with_all_written(tmp_path):
     logger = TensorBoardLogger(tmp_path, flush_secs=3600)
     _, _, history = _fit(tmp_path, logger=logger, callbacks=[reader])
     assert reader.seen == [[], [], []]  # kept in memory while fit runs: one write an hour
-    steps, values = zip(*_scalars(_events(logger.log_dir), "loss"))
+    steps, values = zip(*_scalars(_events(logger.log_dir), "epoch_loss"))
     assert steps == (0, 1, 2)
     assert values == pytest.approx(history.history["loss"])
 
@@ -294,10 +326,43 @@ def test_scalars_kept_for_flush_secs_are_written_when_fit_fails(tmp_path):
     logger = TensorBoardLogger(tmp_path, flush_secs=3600)
     with pytest.raises(ember.train.CallbackError, match="boom"):
         _fit(tmp_path, logger=logger, callbacks=[_FailsAtEpoch(2)])
-    assert [step for step, _ in _scalars(_events(logger.log_dir), "loss")] == [0, 1]
+    assert [step for step, _ in _scalars(_events(logger.log_dir), "epoch_loss")] == [0, 1]
 
 
 @pytest.mark.parametrize("value", [-1, "2"])
 def test_flush_secs_must_be_seconds(tmp_path, value):
     with pytest.raises(ValueError, match=rf"Received: flush_secs={value!r}"):
         TensorBoardLogger(tmp_path, flush_secs=value)
+
+
+def test_a_later_fit_of_the_same_model_reuses_its_traced_graph(tmp_path, monkeypatch):
+    from ember.train.model_graph import model_graph
+
+    traces = []
+    trace = torch.jit.trace
+
+    def counted(*args, **kwargs):
+        traces.append(kwargs)
+        return trace(*args, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "trace", counted)
+    model = _model()
+    train, val = _loaders()
+    graphs = []
+    for _ in range(2):
+        trainer = ember.Trainer(
+            max_epochs=1,
+            default_root_dir=tmp_path,
+            seed=0,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            enable_report=False,
+        )
+        trainer.fit(model, train, val)
+        graphs.append(_events(trainer.log_dir).Graph())
+    assert len(traces) == 1 and traces[0]["check_trace"] is False  # traced once, unchecked
+    assert graphs[0] == graphs[1] and "aten::linear" in {n.op for n in graphs[1].node}
+    with warnings.catch_warnings():  # the layers' shape checks: harmless in a drawn graph
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        model_graph(model, torch.zeros(2, 4))  # another input shape: traced again
+    assert len(traces) == 2

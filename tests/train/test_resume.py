@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent(
     x, y, xt, yt = x[:400], y[:400], xt[:100], yt[:100]
     torch.manual_seed(1)
     net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 10))
-    ember.compile(net, "adam", "cross_entropy", ["accuracy"], lr=1e-2,
+    ember.compile(net, "adam", "cross_entropy", ["accuracy", "f1", "auroc"], lr=1e-2,
                   scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 5, 0.5),
                   scheduler_interval="step")
 

@@ -110,3 +110,26 @@ def test_cuda_rng_state_round_trip():
     first = torch.rand(4, device="cuda").tolist()
     set_rng_state(state)
     assert torch.rand(4, device="cuda").tolist() == first
+
+
+def test_seeding_a_fit_skips_torchs_inductor_import_when_determinism_is_unchanged():
+    # torch.use_deterministic_algorithms imports torch._inductor.config (~1.5 s) every call;
+    # seed_run only calls it when the mode changes. Run in a fresh interpreter: other tests may
+    # have imported inductor already.
+    import subprocess
+    import sys
+
+    code = """
+import sys, torch
+from ember.train.trainer_setup import set_deterministic
+set_deterministic(False)
+assert "torch._inductor.config" not in sys.modules, "imported for nothing"
+set_deterministic(True)
+assert torch.are_deterministic_algorithms_enabled()
+import torch._inductor.config as inductor
+assert inductor.deterministic
+set_deterministic(False)
+assert not torch.are_deterministic_algorithms_enabled() and not inductor.deterministic
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

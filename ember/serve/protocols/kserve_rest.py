@@ -81,7 +81,8 @@ def routes(ctx: Context) -> list[Route]:
         except ServeError as exc:
             if exc.status == 400:
                 raise
-            return JSONResponse({"name": p["name"], "ready": False}, status_code=exc.status)
+            answer = {"name": p["name"], "ready": False, "error": exc.message}  # the reason
+            return JSONResponse(answer, status_code=exc.status)
         return JSONResponse({"name": mv.name, "version": str(mv.version), "ready": True})
 
     base, versioned = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"

@@ -25,7 +25,7 @@ _DT = {
     "UINT16": "DT_UINT16", "UINT32": "DT_UINT32", "UINT64": "DT_UINT64", "BOOL": "DT_BOOL",
     "BYTES": "DT_STRING",
 }  # fmt: skip
-_TF_STATE = {"FAILED": "END", "UNLOADED": "END"}
+_TF_STATE = {"FAILED": "END", "UNLOADED": "END", "PENDING": "START"}  # TF Serving's states
 _VERBS = ("predict", "classify", "regress")
 
 
