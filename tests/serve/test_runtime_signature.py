@@ -72,6 +72,7 @@ def test_a_runtime_that_lost_the_sequence_axis_fails_warm_up(saved, tmp_path):
     inputs, _ = package.load_named_sample(broken)
     torch.onnx.export(flat, tuple(inputs.values()), str(broken / "model.onnx"), dynamo=True,
                       input_names=list(inputs), output_names=["logits", "score"])  # fmt: skip
+    package.record_target(broken, "onnx", {"file": "model.onnx"}, ["model.onnx"])  # its hash
     with (
         ThreadPoolExecutor(1) as executor,
         pytest.raises(ServeError, match=r"cannot run the package's varied sample .*\[4, 7\]"),
