@@ -34,6 +34,7 @@ from ember.package.sample import (
     load_named_sample,
     load_sample,
     load_samples,
+    sample_shapes,
 )
 from ember.package.save import save
 from ember.package.signature import dims_for_export, input_names
@@ -63,6 +64,7 @@ __all__ = [
     "remove_target",
     "remove_target_dir",
     "save",
+    "sample_shapes",
     "save_program",
     "sha256_file",
     "verify_files",

@@ -16,7 +16,14 @@ from safetensors.torch import load_file, save_file
 
 from ember.package.manifest import SAMPLE, PackageError, read_manifest, verify_files
 
-__all__ = ["MAX_SAMPLE_ROWS", "Sample", "load_named_sample", "load_sample", "load_samples"]
+__all__ = [
+    "MAX_SAMPLE_ROWS",
+    "Sample",
+    "load_named_sample",
+    "load_sample",
+    "load_samples",
+    "sample_shapes",
+]
 
 MAX_SAMPLE_ROWS = 64
 VARIED = "varied"
@@ -92,6 +99,34 @@ def load_sample(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
             "load_sample returns one of each: use ember.package.load_named_sample"
         )
     return next(iter(inputs.values())), next(iter(outputs.values()))
+
+
+def sample_shapes(path: str | os.PathLike) -> dict[str, dict[str, list[int]]]:
+    """Shapes of the stored sample, read from the file's header only (no tensor is loaded).
+
+    Returns:
+        ``{"inputs": {name: shape}, "outputs": {name: shape}}``; a format 1 sample has one of
+        each, named ``"inputs"`` and ``"outputs"``. Empty when the package has no sample.
+
+    Example:
+        >>> sample_shapes("bert")["inputs"]
+        {'input_ids': [4, 16], 'attention_mask': [4, 16]}
+    """
+    from safetensors import safe_open
+
+    file = Path(path) / SAMPLE
+    if not file.is_file():
+        return {}
+    with safe_open(str(file), framework="numpy") as f:
+        shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    result: dict[str, dict[str, list[int]]] = {"inputs": {}, "outputs": {}}
+    for key, shape in shapes.items():
+        if key in ("inputs", "outputs"):  # format 1
+            result[key][key] = shape
+        elif key.startswith(("input.", "output.")):
+            side, name = key.split(".", 1)
+            result[f"{side}s"][name] = shape
+    return result
 
 
 def write_samples(file: Path, samples: dict[str, Sample]) -> None:
