@@ -235,10 +235,18 @@ def _add_export(sub: Any) -> None:
         "package", type=Path, help="model package directory (from model.save / ember train)"
     )
     p.add_argument(
-        "--to", default="onnx", help=f"comma-separated targets from {_TARGETS},tfjs (default onnx)"
+        "--to",
+        default="onnx",
+        help=f"comma-separated targets from {_TARGETS},tfjs, or all (default onnx)",
     )
     p.add_argument(
         "--rtol", type=float, default=1e-4, help="fp32 relative tolerance (default 1e-4)"
+    )
+    p.add_argument(
+        "--static",
+        action="store_true",
+        help="mobile: export the .pte with the stored sample's fixed shapes (when a dynamic "
+        "batch or sequence axis cannot lower)",
     )
     p.add_argument(
         "--min-top1", type=float, default=0.99, help="int8 top-1 agreement (default 0.99)"
@@ -250,7 +258,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ember.package import inspect_text
 
     targets = [t.strip() for t in args.to.split(",") if t.strip()]
-    export(args.package, targets, rtol=args.rtol, min_top1=args.min_top1)
+    export(args.package, targets, rtol=args.rtol, min_top1=args.min_top1, static=args.static)
     _console().print(inspect_text(args.package), markup=False)
     return 0
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ember import package
 from ember.serve.errors import ServeError, brief
 
 __all__ = [
@@ -231,7 +232,7 @@ def read_config(model_dir: Path, override: dict | None) -> tuple[dict, dict[str,
 
 def is_version_dir(path: Path) -> bool:
     """Whether ``path`` is one version (a package or a directory with ``model.onnx``)."""
-    return (path / "ember.json").is_file() or (path / "model.onnx").is_file()
+    return (path / package.MANIFEST).is_file() or (path / "model.onnx").is_file()
 
 
 def single_name(path: Path) -> str:
@@ -240,8 +241,8 @@ def single_name(path: Path) -> str:
         name = path.stem
     else:
         try:
-            name = json.loads((path / "ember.json").read_text()).get("name") or path.name
-        except (OSError, ValueError):
+            name = package.read_manifest(path).get("name") or path.name
+        except (OSError, package.PackageError):
             name = path.name
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", str(name)).lstrip(".") or "model"
 

@@ -43,12 +43,13 @@ def routes(ctx: Context) -> list[Route]:
             payload = await body.decode(parse_json, body.data)
             mv = repo.get(p["name"], p.get("version"))
             request.state.version = mv.version
-            if len(mv.inputs) != 1:
-                raise ServeError(400, f"Model {mv.name!r} takes {len(mv.inputs)} inputs; use the "
-                                 "KServe v2 API (/v2/models/{name}/infer) for multi-input models.")  # fmt: skip
-            x, single = await body.decode(_decode, payload, mv.inputs[0])
+            if len(mv.inputs) != 1:  # JSON objects {input name: value}
+                inputs, single = _decode_named(payload, mv.inputs)
+            else:
+                x, single = await body.decode(_decode, payload, mv.inputs[0])
+                inputs = {mv.inputs[0].name: x}
             del payload  # what is left of the body text goes now, before inference
-        outputs = await mv.infer({mv.inputs[0].name: x})
+        outputs = await mv.infer(inputs)
         return await respond(outputs, lambda: _answers(mv, outputs, single))
 
     async def ping(request: Request) -> Response:
@@ -85,6 +86,22 @@ def _answers(mv: Any, outputs: dict[str, np.ndarray], single: bool) -> Response:
         return JSONResponse(values[0] if single else values)
     answers = [_answer(mv, row) for row in values]
     return JSONResponse(answers[0] if single else answers)
+
+
+def _decode_named(payload: Any, specs: list) -> tuple[dict[str, np.ndarray], bool]:
+    """A JSON object ``{input name: value}`` (one instance) or a list of them (a batch)."""
+    names = [s.name for s in specs]
+    if isinstance(payload, dict) and "data" in payload and not set(names) & set(payload):
+        payload = payload["data"]
+    rows = [payload] if isinstance(payload, dict) else payload
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise ServeError(400, f"This model takes {len(names)} inputs ({', '.join(names)}): send "
+                         'a JSON object {"' + names[0] + '": [...], ...} or a list of them.')  # fmt: skip
+    missing = [n for n in names if any(n not in r for r in rows)]
+    if missing:
+        raise ServeError(400, f"Missing input(s) {missing}; the model takes {names}.")
+    inputs = {s.name: values_array(s.name, s.datatype, [r[s.name] for r in rows]) for s in specs}
+    return inputs, isinstance(payload, dict)
 
 
 def _answer(mv: Any, row: np.ndarray) -> Any:
