@@ -10,7 +10,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["LABELS", "HalfPlusThree", "make_package", "tiny_mlp", "tiny_sequential"]
+__all__ = [
+    "LABELS",
+    "HalfPlusThree",
+    "TinyTagger",
+    "TwoHeads",
+    "make_package",
+    "tiny_mlp",
+    "tiny_sequential",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +70,38 @@ class HalfPlusThree(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * 0.5 + 3.0
+
+
+class TinyTagger(torch.nn.Module):
+    """Embedding + LSTM on int64 ids ``(B, T)`` -> logits ``(B, 3)`` (vocabulary of 50)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 8)
+        self.lstm = torch.nn.LSTM(8, 8, batch_first=True)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        hidden, _ = self.lstm(self.embed(ids))  # (B, T, 8)
+        return self.head(hidden[:, -1])
+
+
+class TwoHeads(torch.nn.Module):
+    """ids + mask in (keywords), a dict of two outputs (``logits`` (B, 3), ``score`` (B, 1))
+    out; mean pooling over the sequence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 8)
+        self.cls = torch.nn.Linear(8, 3)
+        self.reg = torch.nn.Linear(8, 1)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        mask = attention_mask.unsqueeze(-1).float()  # (B, T, 1)
+        pooled = (self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return {"logits": self.cls(pooled), "score": self.reg(pooled)}
 
 
 def make_package(model: torch.nn.Module, path: Path, example: torch.Tensor, **meta: Any) -> Path:
