@@ -23,7 +23,7 @@ import orjson
 import pytest
 
 from tests.plugins.processes import serve_command
-from tests.plugins.waiting import wait_until
+from tests.plugins.waiting import free_port, wait_until
 
 ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
 NON_ASCII_DIGITS = ["%C2%B2", "%D9%A3", "%EF%BC%91"]  # "²", Arabic-Indic "٣", full-width "１"
@@ -49,9 +49,7 @@ def test_versions_in_non_ascii_digits_are_400_on_every_protocol(server, version)
 
 @pytest.fixture
 def grpc_server(repo_dir, start_server):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     start_server(repo_dir, grpc_port=port, poll_interval=0)
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
