@@ -24,14 +24,18 @@ __all__ = [
     "DefaultSteps",
     "Steps",
     "bind_train_step",
+    "build_metrics",
     "build_optimizers",
+    "call_module",
     "compile",
     "default_predict_step",
     "default_train_step",
     "default_validation_step",
     "describe_loss",
     "prediction",
+    "require_config",
     "split_batch",
+    "update_metrics",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,7 +64,8 @@ def split_batch(batch: Any, target_key: str | None = None) -> tuple[Any, Any]:
     return batch, None
 
 
-def _forward(module: nn.Module, x: Any) -> Any:
+def call_module(module: nn.Module, x: Any) -> Any:
+    """`module(x)`, with a tuple as positional inputs and a dict as named ones."""
     if isinstance(x, dict):  # named inputs: model(image=..., meta=...)
         return module(**x)
     return module(*x) if isinstance(x, tuple) else module(x)
@@ -78,7 +83,8 @@ def _loss(cfg: CompileConfig, pred: torch.Tensor, y: Any) -> torch.Tensor:
         raise better from exc
 
 
-def _require_config(module: nn.Module) -> CompileConfig:
+def require_config(module: nn.Module) -> CompileConfig:
+    """The module's `CompileConfig`; a RuntimeError saying how to compile it when it has none."""
     cfg = getattr(module, "_ember_compile", None)
     if cfg is None:
         raise RuntimeError(
@@ -89,7 +95,8 @@ def _require_config(module: nn.Module) -> CompileConfig:
     return cfg
 
 
-def _update_metrics(cfg: CompileConfig, stage: str, pred: torch.Tensor, y: torch.Tensor) -> None:
+def update_metrics(cfg: CompileConfig, stage: str, pred: torch.Tensor, y: torch.Tensor) -> None:
+    """Update the compiled metrics of `stage` ("train" or "val"), built on first use."""
     pred, y = losses.align_tokens(pred.detach(), y, cfg.shift_labels)  # tokens -> (N, C), (N,)
     metrics = cfg.metric_objects.get(stage)
     if metrics is None:  # built on first use: the output width gives the number of classes
@@ -113,7 +120,7 @@ def build_metrics(cfg: CompileConfig, device: torch.device) -> dict:
 
 def default_train_step(module: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
     """Forward, loss and metric update on one batch; returns {"loss": loss} (graph attached)."""
-    return _train_step(module, _require_config(module), batch)
+    return _train_step(module, require_config(module), batch)
 
 
 def bind_train_step(module: nn.Module) -> Callable[[Any], dict[str, torch.Tensor]]:
@@ -126,7 +133,7 @@ def bind_train_step(module: nn.Module) -> Callable[[Any], dict[str, torch.Tensor
         >>> step((torch.zeros(8, 4), torch.zeros(8, dtype=torch.long)))["loss"].shape
         torch.Size([])
     """
-    cfg = _require_config(module)
+    cfg = require_config(module)
     log.info("Loss: %s", describe_loss(cfg))
     return functools.partial(_train_step, module, cfg)
 
@@ -137,20 +144,20 @@ def _train_step(module: nn.Module, cfg: CompileConfig, batch: Any) -> dict[str, 
         raise ValueError(f"The training data has no targets: {_target_hint(cfg, x)}")
     pred, loss = _forward_and_loss(module, cfg, x, y)
     if cfg.metrics:
-        _update_metrics(cfg, "train", pred, y)
+        update_metrics(cfg, "train", pred, y)
     return {"loss": loss}
 
 
 def default_validation_step(module: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
     """Like `default_train_step` in eval mode, metrics go to the validation set."""
-    cfg = _require_config(module)
+    cfg = require_config(module)
     x, y = _inputs_and_targets(cfg, batch)
     if y is None:
-        _forward(module, x)
+        call_module(module, x)
         return {}
     pred, loss = _forward_and_loss(module, cfg, x, y)
     if cfg.metrics:
-        _update_metrics(cfg, "val", pred, y)
+        update_metrics(cfg, "val", pred, y)
     return {"loss": loss}
 
 
@@ -159,7 +166,7 @@ def default_predict_step(module: nn.Module, batch: Any) -> torch.Tensor:
     "logits"."""
     cfg = getattr(module, "_ember_compile", None)
     x, _ = split_batch(batch, cfg.target_key if cfg is not None else None)
-    return prediction(_forward(module, x))
+    return prediction(call_module(module, x))
 
 
 def prediction(out: Any) -> torch.Tensor:
@@ -201,7 +208,7 @@ def _forward_and_loss(
     module: nn.Module, cfg: CompileConfig, x: Any, y: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if cfg.loss_fn is not None:
-        pred = prediction(_forward(module, x))
+        pred = prediction(call_module(module, x))
         if not isinstance(pred, torch.Tensor):
             raise TypeError(
                 f"{type(module).__name__} returned a {type(pred).__name__}, but the compiled loss "
@@ -210,7 +217,7 @@ def _forward_and_loss(
             )
         return pred, _loss(cfg, pred, y)
     # The model's own loss (Hugging Face): it gets the targets as `labels`.
-    out = module(**x, labels=y) if isinstance(x, dict) else _forward(module, x)
+    out = module(**x, labels=y) if isinstance(x, dict) else call_module(module, x)
     if not isinstance(out, dict) or out.get("loss") is None:
         raise ValueError(
             f"{type(module).__name__} returned no loss: compile with a loss, e.g. "
