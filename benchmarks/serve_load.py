@@ -13,8 +13,13 @@ and the ratios to the bare endpoint and to in-process ONNX Runtime at the same b
 (samples/s of ``session.run`` on a batch of ``concurrency`` rows, every core: the limit batching
 can reach). Servers alternate within each round; figures are medians over ``--rounds``.
 
+``--workers N`` runs ember (``serve(workers=N)``) and the bare endpoint (``uvicorn --workers N``)
+with N processes each. The load comes from ``wrk`` when it is installed (``apt-get install wrk``:
+a C client leaves the servers more of a small machine's cores), else from the asyncio client below.
+
 Localhost only; each cell is bounded in time and request count. Run:
     .venv/bin/python benchmarks/serve_load.py [--seconds 2] [--rounds 3] [--concurrency 1 8 64]
+        [--workers 2] [--client wrk|python]
 """
 
 from __future__ import annotations
@@ -114,6 +119,10 @@ def bare_app(onnx_file: str):  # noqa: ANN201 - a Starlette app
         )
 
     return Starlette(routes=[Route("/v2/models/{name}/infer", infer, methods=["POST"])])
+
+
+def bare_from_env():  # noqa: ANN201 - uvicorn's app factory for --workers N (an import string)
+    return bare_app(os.environ["EMBER_BENCH_ONNX"])
 
 
 try:  # LitServe's worker processes are spawned: the API class must live at module level.
@@ -287,6 +296,28 @@ async def drive(port: int, path: str, body: bytes, concurrency: int, seconds: fl
             "p99": float(np.percentile(lat, 99)), "errors": errors[0]}  # fmt: skip
 
 
+def drive_wrk(port: int, path: str, body: bytes, concurrency: int, seconds: float) -> dict:
+    """The same load from ``wrk`` (one thread, ``concurrency`` keep-alive connections)."""
+    script = (
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = [==[{body.decode()}]==]\n"
+        "done = function(s, lat, req)\n"
+        '  io.write(string.format("RESULT %d %f %d %d %d\\n", s.requests, s.duration,\n'
+        "    lat:percentile(50), lat:percentile(99), s.errors.status + s.errors.connect +\n"
+        "    s.errors.read + s.errors.write + s.errors.timeout))\nend\n"
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
+        f.write(script)
+        f.flush()
+        cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+               "-s", f.name, f"http://127.0.0.1:{port}{path}"]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    fields = next(ln for ln in out.splitlines() if ln.startswith("RESULT")).split()[1:]
+    requests, micros, p50, p99, errors = (float(x) for x in fields)
+    return {"rps": requests / (micros / 1e6), "p50": p50 / 1000.0, "p99": p99 / 1000.0,
+            "errors": int(errors)}  # fmt: skip
+
+
 def start(args: list[str], port: int, health: str | None, exe: str = sys.executable,
           cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:  # fmt: skip
     """Starts ``exe args`` and waits until ``GET health`` answers 200 (None: any answer)."""
@@ -360,14 +391,21 @@ def main() -> None:
     parser.add_argument("--no-litserve", action="store_true", help="skip LitServe")
     parser.add_argument("--no-torchserve", action="store_true", help="skip TorchServe")
     parser.add_argument("--repo", type=Path, default=None, help="where to build the models")
-    parser.add_argument("--bare", nargs=2, metavar=("ONNX", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=1, help="processes of ember and of bare")
+    parser.add_argument("--client", choices=["wrk", "python"], default=None,
+                        help="load generator (default: wrk when installed)")  # fmt: skip
+    parser.add_argument(
+        "--bare", nargs=3, metavar=("ONNX", "PORT", "WORKERS"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--lit", nargs=3, metavar=("ONNX", "NAME", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
         import uvicorn
 
-        uvicorn.run(bare_app(args.bare[0]), port=int(args.bare[1]), loop="uvloop", http="httptools",
-                    log_level="warning", access_log=False)  # fmt: skip
+        os.environ["EMBER_BENCH_ONNX"] = args.bare[0]
+        uvicorn.run("serve_load:bare_from_env", factory=True, app_dir=str(Path(__file__).parent),
+                    port=int(args.bare[1]), workers=int(args.bare[2]), loop="uvloop",
+                    http="httptools", log_level="warning", access_log=False)  # fmt: skip
         return
     if args.lit:
         run_litserve(args.lit[0], args.lit[1], int(args.lit[2]))
@@ -378,8 +416,12 @@ def main() -> None:
     torchserve = None if args.no_torchserve else torchserve_tools()
     port = _free_port()
     serve = (f"from ember.serve import serve; serve({str(repo)!r}, port={port}, grpc_port=None, "
-             f"management_port=None, poll_interval=2.0, max_batch_size={MAX_BATCH})")  # fmt: skip
+             f"management_port=None, poll_interval=2.0, max_batch_size={MAX_BATCH}, "
+             f"workers={args.workers})")  # fmt: skip
     ember = start(["-c", serve], port, "/v2/health/ready")
+    if args.client is None:
+        args.client = "wrk" if shutil.which("wrk") else "python"
+    print(f"workers: {args.workers} (ember and bare), client: {args.client}", flush=True)
     sides = ["ember", "bare"] + ["litserve"] * litserve + ["torchserve"] * bool(torchserve)
     print(_header(sides), flush=True)
     try:
@@ -401,7 +443,11 @@ def _bench_model(args: argparse.Namespace, repo: Path, name: str, shape: tuple[i
     try:
         ports["bare"], paths["bare"] = _free_port(), infer
         procs.append(
-            start([__file__, "--bare", onnx_file, str(ports["bare"])], ports["bare"], None)
+            start(
+                [__file__, "--bare", onnx_file, str(ports["bare"]), str(args.workers)],
+                ports["bare"],
+                None,
+            )  # fmt: skip
         )
         if litserve:
             ports["litserve"], paths["litserve"] = _free_port(), infer
@@ -411,7 +457,7 @@ def _bench_model(args: argparse.Namespace, repo: Path, name: str, shape: tuple[i
             ports["torchserve"], paths["torchserve"] = _free_port(), f"/predictions/{name}"
             ts_proc = start_torchserve(torchserve, onnx_file, name, ports["torchserve"], ts_dir)
         for side in ports:  # warm-up (lazy set-up, caches, the JVM's JIT) stays out of the figures
-            asyncio.run(drive(ports[side], paths[side], body, 8, 2.0))
+            _drive(args, ports[side], paths[side], body, 8, 2.0)
         for c in args.concurrency:
             _bench_cell(args, name, shape, onnx_file, c, ports, paths, body)
     finally:
@@ -430,10 +476,16 @@ def _bench_cell(args: argparse.Namespace, name: str, shape: tuple[int, ...], onn
     for r in range(args.rounds):
         order = list(ports)[r % len(ports) :] + list(ports)[: r % len(ports)]
         for side in order:
-            runs[side].append(asyncio.run(drive(ports[side], paths[side], body, c, args.seconds)))
+            runs[side].append(_drive(args, ports[side], paths[side], body, c, args.seconds))
         limits.append(ort_limit(Path(onnx_file), shape, c, seconds=args.seconds / 2))
     cells = {k: _median(v) for k, v in runs.items()}
     print(_row(name, c, cells, statistics.median(limits)), flush=True)
+
+
+def _drive(args: argparse.Namespace, port: int, path: str, body: bytes, c: int, seconds: float):  # noqa: ANN202
+    if args.client == "wrk":
+        return drive_wrk(port, path, body, c, seconds)
+    return asyncio.run(drive(port, path, body, c, seconds))
 
 
 if __name__ == "__main__":

@@ -123,42 +123,39 @@ def _add_train(sub: Any) -> None:
 def _train(args: argparse.Namespace) -> dict:
     from ember.demo import train_digits
 
-    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
-    return train_digits(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        output=args.output,
-        seed=args.seed,
-        progress=not args.no_progress,
-        precision=args.precision,
-        devices=devices,
-        strategy=args.strategy,
-        num_nodes=args.num_nodes,
-    )
+    return train_digits(output=args.output, **_fit_options(args))
 
 
 def _train_files(args: argparse.Namespace) -> dict:
     from ember.train_files import train_files
 
-    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     return train_files(
         args.data,
         target=args.target,
         task=args.task,
         model=args.model,
         image_size=tuple(args.image_size),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
         output=args.output or Path("ember_output"),
-        seed=args.seed,
-        progress=not args.no_progress,
-        precision=args.precision,
-        devices=devices,
-        strategy=args.strategy,
-        num_nodes=args.num_nodes,
+        **_fit_options(args),
     )
+
+
+def _fit_options(args: argparse.Namespace) -> dict:
+    """The training options `ember train` shares between the digits and the user's files."""
+    devices = args.devices
+    if str(devices).isascii() and str(devices).isdigit():
+        devices = int(devices)
+    return {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "progress": not args.no_progress,
+        "precision": args.precision,
+        "devices": devices,
+        "strategy": args.strategy,
+        "num_nodes": args.num_nodes,
+    }
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -235,10 +232,18 @@ def _add_export(sub: Any) -> None:
         "package", type=Path, help="model package directory (from model.save / ember train)"
     )
     p.add_argument(
-        "--to", default="onnx", help=f"comma-separated targets from {_TARGETS},tfjs (default onnx)"
+        "--to",
+        default="onnx",
+        help=f"comma-separated targets from {_TARGETS},tfjs, or all (default onnx)",
     )
     p.add_argument(
         "--rtol", type=float, default=1e-4, help="fp32 relative tolerance (default 1e-4)"
+    )
+    p.add_argument(
+        "--static",
+        action="store_true",
+        help="mobile: export the .pte with the stored sample's fixed shapes (when a dynamic "
+        "batch or sequence axis cannot lower)",
     )
     p.add_argument(
         "--min-top1", type=float, default=0.99, help="int8 top-1 agreement (default 0.99)"
@@ -250,7 +255,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ember.package import inspect_text
 
     targets = [t.strip() for t in args.to.split(",") if t.strip()]
-    export(args.package, targets, rtol=args.rtol, min_top1=args.min_top1)
+    export(args.package, targets, rtol=args.rtol, min_top1=args.min_top1, static=args.static)
     _console().print(inspect_text(args.package), markup=False)
     return 0
 
@@ -327,6 +332,13 @@ def _add_serve(sub: Any) -> None:
         "--body-limit", type=_positive_int, default=64 * 1024 * 1024, help="max request bytes"
     )
     p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds a request body may take to arrive (408 after; default 60; 0 = no limit)",
+    )
+    p.add_argument(
         "--runtime", default="auto", help="auto (onnxruntime, else torch), onnxruntime, torch"
     )
     p.add_argument("--grace-period", type=float, default=30.0, help="seconds to drain at shutdown")
@@ -335,6 +347,18 @@ def _add_serve(sub: Any) -> None:
         "--strict-readiness", action="store_true",
         help="ready only while every model serves (default: while at least one does)",
     )  # fmt: skip
+    p.add_argument(
+        "--workers",
+        default="1",
+        help="server processes sharing the ports (default 1; auto = cores)",
+    )
+    p.add_argument(
+        "--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+        help="run as a Ray Serve application on the cluster at ADDRESS (none: the local one); "
+        "--port is the HTTP proxy's, --grpc-port the gRPC proxy's",
+    )  # fmt: skip
+    p.add_argument("--min-replicas", type=_positive_int, default=1, help="Ray: fewest replicas")
+    p.add_argument("--max-replicas", type=_positive_int, default=2, help="Ray: most replicas")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -344,6 +368,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{args.path} does not exist: pass a model repository, a package or a .onnx file."
         )
+    if args.ray is not None:
+        return _serve_ray(args)
     grpc_port, management_port = serve_ports(args.port, args.grpc_port, args.management_port)
     logging.getLogger("ember.serve").setLevel(logging.INFO)  # where it listens, what it loaded
     return serve(
@@ -359,11 +385,39 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         adaptive_batching=args.adaptive_batching,
         target_p99_ms=args.target_p99_ms,
         body_limit=args.body_limit,
+        body_timeout=args.body_timeout or None,
         runtime=args.runtime,
         grace_period=args.grace_period,
         access_log=args.access_log,
         strict_readiness=args.strict_readiness,
+        workers=args.workers,
     )
+
+
+def _serve_ray(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    import ray
+    from ray import serve as ray_serve
+
+    from ember.serve.scale.ray_serve import deploy
+
+    ray.init(address=args.ray or None, log_to_driver=False)
+    stop = threading.Event()  # handlers after ray.init (it sets its own), before the deployment
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    grpc_port, _ = serve_ports(args.port, args.grpc_port, args.management_port)
+    deploy(args.path, host=args.host, port=args.port,
+           grpc_port=None if args.no_grpc else grpc_port, min_replicas=args.min_replicas,
+           max_replicas=args.max_replicas, poll_interval=args.poll_interval,
+           max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
+           runtime=args.runtime, body_limit=args.body_limit)  # fmt: skip
+    _console().print(f"ember on Ray Serve: http://{args.host}:{args.port} (Ctrl-C removes it)")
+    while not stop.wait(0.5):  # a timed wait lets the main thread run the signal handler
+        pass
+    ray_serve.delete("ember")
+    return 0
 
 
 # -- report ---------------------------------------------------------------------------------------

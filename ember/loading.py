@@ -43,11 +43,18 @@ class LoadedModel(Model):
         super().__init__()
         self.module = module
 
-    def forward(self, x: Any) -> Any:
-        if isinstance(x, np.ndarray):  # as predict accepts numpy
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        # several inputs (token ids, masks) come positionally or by name, as the package's
+        # signature lists them; numpy arrays are accepted as predict accepts them
+        args = tuple(self._tensor(a) for a in args)
+        kwargs = {k: self._tensor(v) for k, v in kwargs.items()}
+        return self.module(*args, **kwargs)
+
+    def _tensor(self, x: Any) -> Any:
+        if isinstance(x, np.ndarray):
             device = next((p.device for p in self.parameters()), torch.device("cpu"))
             x = _data.as_tensor(x, "x").to(device)
-        return self.module(x)
+        return x
 
 
 def load(path: str | os.PathLike, *, compile: bool = True) -> Model:
@@ -76,7 +83,9 @@ def load(path: str | os.PathLike, *, compile: bool = True) -> Model:
 
     manifest = package.read_manifest(path)
     loaded = package.load(path)
-    inputs, _ = package.load_sample(path)
+    named, _ = package.load_named_sample(path)
+    # one input: its tensor; several (ids + mask): the dict, as save() takes it back
+    inputs = next(iter(named.values())) if len(named) == 1 else named
     model = _as_model(loaded, manifest.get("architecture"), inputs)
     model.eval()
     model.manifest = manifest

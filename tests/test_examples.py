@@ -9,6 +9,8 @@ from types import ModuleType
 
 import pytest
 
+from ember import package as ember_package
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -61,3 +63,13 @@ def test_plain_torch_trained_exported_and_served(tmp_path: Path) -> None:
     assert (tmp_path / "models" / "digits" / "1" / "model.onnx").is_file()
     report = next((tmp_path / "runs").glob("plain_torch/version_*/report.html")).read_text()
     assert "Export parity" in report and "top1_agreement" in report
+
+
+@pytest.mark.e2e
+def test_hf_text_classifier(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    out = tmp_path / "bert"
+    result = _load("hf_text_classifier").main(["--steps", "3", "--out", str(out)])
+    assert result["onnx_max_abs_diff"] < 1e-4 and result["served_max_abs_diff"] < 1e-4
+    signature = ember_package.read_manifest(out)["signature"]
+    assert [s["dtype"] for s in signature["inputs"]] == ["int64", "int64"]

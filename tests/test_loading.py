@@ -118,3 +118,26 @@ def test_set_weights_names_the_mismatch(blobs):
         model.set_weights(weights)
     with pytest.raises(ValueError, match="not built yet"):
         ember.Sequential([layers.Dense(2)]).get_weights()
+
+
+def test_load_a_package_with_two_int64_inputs_and_predict_by_name(tmp_path):
+    """ember.load takes packages with several named inputs (token ids and a mask)."""
+    from torch import nn
+
+    class Pooler(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.head = nn.Embedding(20, 4), nn.Linear(4, 2)
+
+        def forward(self, input_ids, attention_mask):
+            mask = attention_mask.unsqueeze(-1).float()
+            return self.head((self.embed(input_ids) * mask).sum(1))
+
+    torch.manual_seed(0)
+    net = Pooler().eval()
+    ids = torch.randint(0, 20, (3, 5))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    ember.save(net, tmp_path / "p", example_input=batch)
+    model = ember.load(tmp_path / "p")
+    torch.testing.assert_close(model(**batch), net(**batch))
+    torch.testing.assert_close(model(ids.numpy(), batch["attention_mask"].numpy()), net(**batch))

@@ -37,7 +37,7 @@ def test_train_a_csv_writes_package_report_and_tensorboard_logs(tmp_path, capsys
     out = capsys.readouterr().out
     assert "validation:" in out and "accuracy=" in out
     run = tmp_path / "out" / "runs" / "houses" / "version_0"
-    assert (run / "report.html").exists() and list(run.glob("events.out.tfevents.*"))
+    assert (run / "report.html").exists() and list(run.glob("train/events.out.tfevents.*"))
     manifest = json.loads((tmp_path / "out" / "model" / "ember.json").read_text())
     assert manifest["labels"] == ["big", "small"] and manifest["task"] == "classification"
     assert manifest["preprocessing"]["columns"][1]["vocabulary"] == ["Lyon", "Paris"]

@@ -39,6 +39,7 @@ def export(
     min_top1: float = 0.99,
     calibration_data: Any = None,
     eval_data: tuple[Any, Any] | None = None,
+    static: bool = False,
 ) -> dict[str, dict]:
     """Write export targets into a package and record their parity figures in ember.json.
 
@@ -47,11 +48,15 @@ def export(
 
     Args:
         package_dir: a directory written by ``ember.save``.
-        targets: names from ``onnx, int8, mobile, web, cpp, tfjs`` (a list or a comma-separated string).
+        targets: names from ``onnx, int8, mobile, web, cpp, tfjs`` (a list or a
+            comma-separated string), or ``"all"`` (every target that takes the package: tfjs
+            only for an ``ember.Sequential``).
         rtol: fp32 tolerance on ``max_rel_diff`` (max abs diff / max |expected|).
         min_top1: int8 tolerance: smallest top-1 agreement with the trained model (classifiers).
         calibration_data: inputs ``(N, ...)`` for static int8 calibration; default the stored sample.
         eval_data: ``(x, y)`` held-out data; int8 then records its accuracy against fp32.
+        static: mobile: export the ExecuTorch program with the stored sample's fixed shapes,
+            for models whose dynamic batch or sequence axis cannot lower.
 
     Returns:
         ``{target: figures}`` as recorded in ember.json.
@@ -67,11 +72,17 @@ def export(
         True
     """
     names = _parse_targets(targets)
+    everything = [targets] if isinstance(targets, str) else list(targets)
+    if [t.strip() for t in everything] == ["all"] and not _sequential(package_dir):
+        # "all" means every target that can take this package: tfjs needs an ember.Sequential
+        logger.info("Skipping tfjs: %s is not an ember.Sequential of ember layers", package_dir)
+        names.remove("tfjs")
     options = {
         "rtol": rtol,
         "min_top1": min_top1,
         "calibration_data": calibration_data,
         "eval_data": eval_data,
+        "static": static,
     }
     from ember.export.quiet import quiet_toolchains
 
@@ -85,13 +96,22 @@ def export(
     return results
 
 
+def _sequential(package_dir: str | os.PathLike) -> bool:
+    from ember import package
+
+    architecture = package.read_manifest(package_dir).get("architecture")
+    return isinstance(architecture, dict) and architecture.get("kind") == "sequential"
+
+
 def _parse_targets(targets: str | Sequence[str]) -> list[str]:
     names = targets.split(",") if isinstance(targets, str) else list(targets)
     names = [n.strip() for n in names if n.strip()]
+    if names == ["all"]:
+        return list(TARGETS)
     unknown = [n for n in names if n not in TARGETS]
     if unknown or not names:
         raise ValueError(
-            f"Unknown export target(s) {unknown or names!r}. Choose from: {', '.join(TARGETS)}"
+            f"Unknown export target(s) {unknown or names!r}. Choose from: {', '.join(TARGETS)}, all"
         )
     return names
 

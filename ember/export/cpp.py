@@ -42,7 +42,9 @@ CPP_RUNNER = Path(__file__).with_name("cpp_runner")
 FILE = "cpp/model.aoti.pt2"
 _SOURCES = ("main.cpp", "CMakeLists.txt")
 _MAGIC = b"EMBT"
-_VERSION = 1
+_VERSION = 1  # float32 only
+_TYPED_VERSION = 2  # a dtype code per tensor
+_DTYPES = ("<f4", "<i8", "<i4", "|b1", "<f8")  # code -> numpy dtype
 
 
 def export_cpp(
@@ -62,8 +64,10 @@ def export_cpp(
         package_dir: the model package directory.
         rtol: largest allowed ``max_rel_diff`` against the trained model's outputs.
         min_top1: smallest allowed top-1 agreement (classifiers); None skips it.
-        dynamic_batch: compile with a dynamic batch dimension (falls back to the sample's batch
-            size, recorded as ``"batch_size"``, if the model cannot be exported that way).
+        dynamic_batch: compile with a dynamic batch and the package's other dynamic axes (falls
+            back to the sample's fixed shapes, batch size recorded as ``"batch_size"``, if the
+            model cannot be exported that way). Several inputs of any dtype are passed to the
+            compiled model in signature order, also by the bundled ``ember_runner``.
         **_options: options of other targets (ignored).
 
     Returns:
@@ -78,17 +82,22 @@ def export_cpp(
     """
     pkg = Path(package_dir)
     manifest = package.read_manifest(pkg)
-    inputs, expected = package.load_sample(pkg)
+    signature = manifest["signature"]
+    inputs, _ = package.load_named_sample(pkg)
     package.remove_target_dir(pkg, "cpp")
     (pkg / "cpp").mkdir(exist_ok=True)
     try:
         start = time.perf_counter()
-        dynamic = _compile(pkg, inputs, dynamic_batch)
+        dynamic = _compile(pkg, signature, inputs, dynamic_batch)
         seconds = time.perf_counter() - start
         runner = torch._inductor.aoti_load_package(str(pkg / FILE))
-        with torch.inference_mode():
-            actual = runner(inputs)
-        figures = verify.parity(expected.numpy(), actual.numpy(), task=manifest.get("task"))
+
+        def run(feed: dict) -> list:
+            with torch.inference_mode():
+                out = runner(*(torch.from_numpy(a) for a in feed.values()))
+            return [t.numpy() for t in (out if isinstance(out, (tuple, list)) else [out])]
+
+        figures = verify.parity_on_samples(pkg, run, task=manifest.get("task"), static=not dynamic)
         for name in _SOURCES:
             shutil.copy2(CPP_RUNNER / name, pkg / "cpp" / name)
     except BaseException:
@@ -100,11 +109,12 @@ def export_cpp(
         **figures,
         "size_bytes": (pkg / FILE).stat().st_size,
         "dynamic_batch": dynamic,
+        "dynamic_axes": signature.get("dynamic_axes") or {} if dynamic else {},
         "compile_seconds": round(seconds, 1),
         "runtime": f"AOTInductor (torch {torch.__version__}, cpu)",
     }
     if not dynamic:
-        info["batch_size"] = int(inputs.shape[0])
+        info["batch_size"] = int(next(iter(inputs.values())).shape[0])
     files = [FILE, *info["runner"]]
     return verify.accept(pkg, "cpp", info, files, rtol=rtol, min_top1=min_top1)
 
@@ -154,17 +164,20 @@ def build_cpp_runner(
 
 
 def run_cpp_runner(
-    binary: str | os.PathLike, package_dir: str | os.PathLike, inputs: np.ndarray
-) -> np.ndarray:
-    """Run a built ``ember_runner`` on one input array and return its first output.
+    binary: str | os.PathLike,
+    package_dir: str | os.PathLike,
+    inputs: np.ndarray | dict[str, np.ndarray],
+) -> np.ndarray | list[np.ndarray]:
+    """Run a built ``ember_runner`` on one input array, or on named inputs of any dtype.
 
     Args:
         binary: the path returned by :func:`build_cpp_runner`.
         package_dir: the package whose ``cpp/model.aoti.pt2`` is run.
-        inputs: float32 array ``(N, ...)``.
+        inputs: a float32 array ``(N, ...)``, or ``{name: array}`` in signature order (int64
+            ids, masks, floats: each keeps its dtype).
 
     Returns:
-        The model's first output as a float32 array.
+        The model's first output for one array; every output (a list) for named inputs.
 
     Raises:
         ExportError: the runner exits with an error.
@@ -172,35 +185,56 @@ def run_cpp_runner(
     Example:
         >>> run_cpp_runner(binary, "digits", np.zeros((1, 1, 8, 8), np.float32)).shape
         (1, 10)
+        >>> logits, = run_cpp_runner(binary, "bert", {"input_ids": ids, "attention_mask": mask})
     """
+    arrays = list(inputs.values()) if isinstance(inputs, dict) else [inputs]
     with tempfile.TemporaryDirectory(prefix="ember-cpp-") as tmp:
-        write_tensor_file(Path(tmp) / "inputs.bin", [inputs])
+        write_tensor_file(Path(tmp) / "inputs.bin", arrays)
         cmd = [str(binary), str(Path(package_dir) / FILE), f"{tmp}/inputs.bin", f"{tmp}/out.bin"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
         if proc.returncode != 0:
             raise ExportError(
                 f"ember_runner failed (exit {proc.returncode}): {proc.stderr[-2000:]}"
             )
-        return read_tensor_file(Path(tmp) / "out.bin")[0]
+        outputs = read_tensor_file(Path(tmp) / "out.bin")
+    return outputs if isinstance(inputs, dict) else outputs[0]
 
 
 def write_tensor_file(path: str | os.PathLike, arrays: list[np.ndarray]) -> None:
-    """Write float32 arrays in the runner's format: ``EMBT``, version, count, then per tensor
-    ``ndim`` (uint32), ``dims`` (int64 each) and row-major float32 data, all little-endian.
+    """Write arrays in the runner's format: ``EMBT``, version, count, then per tensor ``ndim``
+    (uint32), [version 2: a dtype code (uint32)], ``dims`` (int64 each) and row-major data,
+    all little-endian.
+
+    Float arrays alone give version 1 (float32); any integer or bool array gives version 2,
+    where each tensor keeps its dtype (int64 ids, int32, bool masks, float32, float64).
 
     Args:
         path: the file to write.
-        arrays: arrays (converted to float32).
+        arrays: arrays in the model's input order.
 
     Example:
         >>> write_tensor_file("inputs.bin", [np.zeros((2, 1, 8, 8), np.float32)])
     """
+    arrays = [np.asarray(a) for a in arrays]
+    typed = any(a.dtype.kind in "biu" for a in arrays)
     with open(path, "wb") as f:
-        f.write(_MAGIC + struct.pack("<II", _VERSION, len(arrays)))
+        f.write(_MAGIC + struct.pack("<II", _TYPED_VERSION if typed else _VERSION, len(arrays)))
         for array in arrays:
-            a = np.ascontiguousarray(array, dtype="<f4")
-            f.write(struct.pack(f"<I{a.ndim}q", a.ndim, *a.shape))
+            code = _dtype_code(array) if typed else 0
+            a = np.ascontiguousarray(array, dtype=_DTYPES[code])
+            if typed:
+                f.write(struct.pack(f"<II{a.ndim}q", a.ndim, code, *a.shape))
+            else:
+                f.write(struct.pack(f"<I{a.ndim}q", a.ndim, *a.shape))
             f.write(a.tobytes())
+
+
+def _dtype_code(array: np.ndarray) -> int:
+    if array.dtype == np.bool_:
+        return 3
+    if array.dtype.kind in "iu":
+        return 2 if array.dtype == np.int32 else 1
+    return 4 if array.dtype == np.float64 else 0
 
 
 def read_tensor_file(path: str | os.PathLike) -> list[np.ndarray]:
@@ -210,7 +244,7 @@ def read_tensor_file(path: str | os.PathLike) -> list[np.ndarray]:
         path: the file to read.
 
     Returns:
-        The float32 arrays it holds.
+        The arrays it holds (float32 for version 1; each tensor's dtype for version 2).
 
     Raises:
         ExportError: not an EMBT file, an unknown version, or truncated data.
@@ -223,43 +257,53 @@ def read_tensor_file(path: str | os.PathLike) -> list[np.ndarray]:
     if data[:4] != _MAGIC or len(data) < 12:
         raise ExportError(f"{path} is not an EMBT tensor file (starts with {data[:4]!r})")
     version, count = struct.unpack_from("<II", data, 4)
-    if version != _VERSION:
-        raise ExportError(f"{path}: EMBT version {version} is not supported (expected 1)")
+    if version not in (_VERSION, _TYPED_VERSION):
+        raise ExportError(f"{path}: EMBT version {version} is not supported (expected 1 or 2)")
     arrays, offset = [], 12
     for _ in range(count):
         try:
             (ndim,) = struct.unpack_from("<I", data, offset)
-            dims = struct.unpack_from(f"<{ndim}q", data, offset + 4)
+            offset += 4
+            code = 0
+            if version == _TYPED_VERSION:
+                (code,) = struct.unpack_from("<I", data, offset)
+                offset += 4
+            dims = struct.unpack_from(f"<{ndim}q", data, offset)
         except struct.error as exc:
             raise ExportError(f"{path} is truncated") from exc
-        offset += 4 + 8 * ndim
-        size = int(np.prod(dims, dtype=np.int64)) * 4
+        if code >= len(_DTYPES):
+            raise ExportError(f"{path}: unknown EMBT dtype code {code}")
+        dtype = np.dtype(_DTYPES[code])
+        offset += 8 * ndim
+        count_ = int(np.prod(dims, dtype=np.int64))
+        size = count_ * dtype.itemsize
         if offset + size > len(data):
             raise ExportError(f"{path} is truncated: tensor of shape {dims} needs {size} bytes")
-        arrays.append(np.frombuffer(data, "<f4", size // 4, offset).reshape(dims).copy())
+        arrays.append(np.frombuffer(data, dtype, count_, offset).reshape(dims).copy())
         offset += size
     return arrays
 
 
-def _compile(pkg: Path, inputs: torch.Tensor, dynamic_batch: bool) -> bool:
-    """AOT-compile the package's model into ``cpp/model.aoti.pt2``; returns whether batch is dynamic."""
-    model = package.load(pkg)
-    # A size-1 dim would be specialised to a constant: trace with at least two rows.
-    trace = inputs if inputs.shape[0] >= 2 else inputs.repeat(2, *[1] * (inputs.dim() - 1))
+def _compile(pkg: Path, signature: dict, inputs: dict, dynamic_batch: bool) -> bool:
+    """AOT-compile the package's model into ``cpp/model.aoti.pt2``; returns whether its axes
+    (batch and the package's other dynamic axes) are dynamic."""
+    model = package.load(pkg).flat
     program, dynamic = None, False
     if dynamic_batch:
         try:
-            shapes = ({0: torch.export.Dim("batch", min=1)},)
-            program, dynamic = torch.export.export(model, (trace,), dynamic_shapes=shapes), True
-        except Exception as exc:  # export raises many types; fall back to a fixed batch
-            logger.warning("Dynamic-batch export failed (%s); compiling a fixed batch", exc)
+            shapes = package.dims_for_export(signature)
+            trace = verify.trace_args(inputs)
+            program, dynamic = torch.export.export(model, trace, dynamic_shapes=shapes), True
+        except Exception as exc:  # export raises many types; fall back to fixed shapes
+            logger.warning(
+                "Dynamic export failed (%s); compiling fixed shapes", package.first_line(exc)
+            )
     try:
         if program is None:
-            trace = inputs
-            program = torch.export.export(model, (trace,))
+            program = torch.export.export(model, tuple(inputs.values()))
         torch._inductor.aoti_compile_and_package(program, package_path=str(pkg / FILE))
     except Exception as exc:
-        raise ExportError("Cannot compile the C++ target: " + way_out(exc)) from exc
+        raise ExportError("Cannot compile the C++ target: " + way_out(exc, target="cpp")) from exc
     return dynamic
 
 

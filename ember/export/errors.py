@@ -41,11 +41,19 @@ def require(module: str, extra: str) -> ModuleType:
         ) from exc
 
 
-def way_out(cause: BaseException | str) -> str:
-    """Explain an export failure: its cause and how to change the model so that it exports.
+def way_out(cause: BaseException | str, *, target: str | None = None, static: bool = False) -> str:
+    """Explain an export failure: torch's own first error line and advice for that cause.
+
+    The cause is the innermost exception's first sentence, without colour codes (see
+    :func:`ember.package.first_line`); the advice depends on its kind: a dtype mismatch, a
+    data-dependent shape or control flow, a dynamic axis the model fixes, an unsupported
+    operator (see :func:`ember.package.advice`).
 
     Args:
-        cause: the exception raised by ``torch.export`` / ``torch.onnx.export``, or its text.
+        cause: the exception raised by ``torch.export`` / ``torch.onnx.export`` / a lowering,
+            or its text (as recorded in ``ember.json``'s ``export_error``).
+        target: the target's name, for target-specific advice.
+        static: the target was already exported with fixed shapes (no advice to try them).
 
     Returns:
         A one-paragraph message.
@@ -53,11 +61,20 @@ def way_out(cause: BaseException | str) -> str:
     Example:
         >>> way_out(RuntimeError("Could not guard on data-dependent expression u0 > 0"))
     """
-    if isinstance(cause, BaseException):
-        text = str(cause).strip()
-        cause = f"{type(cause).__name__}: {text.splitlines()[0] if text else ''}"
-    return (
-        f"{cause}. Way out: the model must be traceable by torch.export. Replace Python "
-        "control flow that depends on tensor values (if x.sum() > 0: ...) with torch.cond or "
-        "torch.where, avoid .item()/.tolist() in forward, or export with fixed shapes."
-    )
+    from ember.package import advice, first_line
+    from ember.package.cause import classify
+
+    line = first_line(cause)
+    text = f"{line} {advice(line)}" if line.endswith((".", "!", "?")) else f"{line}. {advice(line)}"
+    extra = None if static else _TARGET_ADVICE.get((target, classify(line)))
+    return f"{text} {extra}" if extra else text
+
+
+_TARGET_ADVICE = {
+    ("mobile", "constraint"): "For ExecuTorch: ember export DIR --to mobile --static.",
+    ("mobile", "unsupported"): "For ExecuTorch: ember export DIR --to mobile --static, or use "
+    "the mobile/model.ort file from the onnx route.",
+    ("mobile", "other"): "For ExecuTorch, a dynamic axis often cannot lower: try --static.",
+    ("mobile", "view"): "If it still fails, also try --static.",
+    ("cpp", "constraint"): "For AOTInductor: export with fixed shapes (static=True).",
+}

@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ember import package
 from ember.export import verify
 from ember.export.errors import ExportError, require, way_out
 from ember.export.onnx import FILE as ONNX_FILE
-from ember.export.onnx import export_onnx, run_onnx
+from ember.export.onnx import export_onnx, onnx_runner
 
 __all__ = ["MAX_BATCH", "export_mobile", "run_pte"]
 
@@ -31,6 +32,7 @@ def export_mobile(
     package_dir: str | os.PathLike,
     *,
     rtol: float | None = 1e-4,
+    static: bool = False,
     **options: Any,
 ) -> dict:
     """Write ``mobile/model.pte`` and ``mobile/model.ort``, run both on the sample, record figures.
@@ -38,6 +40,9 @@ def export_mobile(
     Args:
         package_dir: the package directory.
         rtol: tolerance on ``max_rel_diff`` for both files (both are fp32).
+        static: export the ``.pte`` with the stored sample's fixed shapes (batch and sequence
+            included), for models whose dynamic axes cannot lower (e.g. a reshape on the batch).
+            The ``.ort`` keeps the ONNX target's dynamic axes.
         **options: passed to the ``onnx`` target when it has to be written first.
 
     Returns:
@@ -56,28 +61,44 @@ def export_mobile(
     manifest = package.read_manifest(package_dir)
     if "onnx" not in manifest.get("targets", {}):
         export_onnx(package_dir, rtol=rtol, **options)
-    inputs, expected = package.load_sample(package_dir)
     (package_dir / "mobile").mkdir(exist_ok=True)
     files = [PTE_FILE, ORT_FILE]
     try:
-        _write_pte(package_dir, inputs)
+        bounds = _write_pte(package_dir, manifest["signature"], static)
         _write_ort(package_dir / ONNX_FILE, package_dir / ORT_FILE)
     except Exception:
         package.remove_target(package_dir, "mobile", files)
         raise
     task = manifest.get("task")
-    pte = verify.parity(expected.numpy(), run_pte(package_dir / PTE_FILE, inputs), task=task)
-    ort = verify.parity(
-        expected.numpy(), run_onnx(package_dir / ORT_FILE, inputs.numpy()), task=task
-    )
-    worst = {k: max(pte[k], ort[k]) if "diff" in k else min(pte[k], ort[k]) for k in pte}
+    pte_file = package_dir / PTE_FILE
+    try:
+        pte = verify.parity_on_samples(
+            package_dir, lambda feed: run_pte(pte_file, feed), task=task, static=static
+        )
+    except RuntimeError as exc:  # the runtime's own error, e.g. "execute() failed with error 0x12"
+        package.remove_target(package_dir, "mobile", files)
+        hint = "" if static else " Export it with fixed shapes: --static / static=True."
+        raise ExportError(
+            f"The ExecuTorch program was written but fails to run on the stored samples "
+            f"({package.first_line(exc)}), typically a dynamic axis its memory plan cannot "
+            f"take.{hint}"
+        ) from exc
+    ort = verify.parity_on_samples(package_dir, onnx_runner(package_dir / ORT_FILE), task=task)
+    worst = {
+        k: max(pte[k], ort[k]) if "diff" in k else min(pte[k], ort[k])
+        for k in pte
+        if k != "checked_shapes"
+    }
     info = {
         "file": PTE_FILE,
         "ort_file": ORT_FILE,
         **worst,
+        "checked_shapes": pte["checked_shapes"],
         "pte": pte,
         "ort": ort,
-        "max_batch": MAX_BATCH,
+        "static": static,
+        "max_batch": None if static else MAX_BATCH,
+        "max_sizes": bounds,
         "size_bytes": (package_dir / PTE_FILE).stat().st_size,
         "ort_size_bytes": (package_dir / ORT_FILE).stat().st_size,
     }
@@ -88,11 +109,12 @@ def run_pte(file: str | os.PathLike, inputs: torch.Tensor) -> Any:
     """Run an ExecuTorch program's ``forward`` through ``executorch.runtime``.
 
     Args:
-        file: a ``.pte`` file with one tensor input and output.
-        inputs: ``(N, ...)`` with ``N <= MAX_BATCH``.
+        file: a ``.pte`` file.
+        inputs: one tensor ``(N, ...)`` with ``N <= MAX_BATCH`` (returns the first output), or
+            ``{name: array}`` in signature order (returns every output, as a list).
 
     Returns:
-        The output as a numpy array.
+        The output as a numpy array, or a list of them for named inputs.
 
     Example:
         >>> run_pte("digits/mobile/model.pte", torch.zeros(1, 1, 8, 8)).shape
@@ -101,6 +123,9 @@ def run_pte(file: str | os.PathLike, inputs: torch.Tensor) -> Any:
     runtime = require("executorch.runtime", "mobile").Runtime.get()
     with _native_stderr_hidden():  # XNNPACK's cpuinfo prints probe notes on first use
         method = runtime.load_program(Path(file)).load_method("forward")
+        if isinstance(inputs, dict):
+            args = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs.values()]
+            return [out.numpy() for out in method.execute(args)]
         return method.execute([inputs.contiguous()])[0].numpy()
 
 
@@ -121,21 +146,47 @@ def _native_stderr_hidden() -> Iterator[None]:
         os.close(saved)
 
 
-def _write_pte(package_dir: Path, inputs: torch.Tensor) -> None:
+def _write_pte(package_dir: Path, signature: dict, static: bool) -> dict:
+    """Lower to XNNPACK; returns the upper bound of each dynamic dim (empty when static)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    model = package.load(package_dir)
-    # Memory planning sizes buffers from the traced shape, so trace at the largest batch.
-    reps = -(-MAX_BATCH // inputs.shape[0])
-    trace = inputs.repeat(reps, *[1] * (inputs.dim() - 1))[:MAX_BATCH]
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    model = package.load(package_dir).flat
+    inputs, _ = package.load_named_sample(package_dir)
+    bounds: dict[str, int] = {}
+    if static:
+        trace, shapes = tuple(inputs.values()), None
+    else:
+        # Memory planning sizes buffers from the traced shape, so trace at the largest sizes:
+        # MAX_BATCH rows and, for a dim like "sequence", its recorded maximum (else 4x the sample).
+        bounds = {"batch": MAX_BATCH}
+        for name, axes in (signature.get("dynamic_axes") or {}).items():
+            for axis, dim in axes.items():
+                recorded = ((signature.get("dims") or {}).get(dim) or {}).get("max")
+                bounds.setdefault(dim, int(recorded or 4 * inputs[name].shape[int(axis)]))
+        trace = tuple(_grow(t, n, signature, bounds) for n, t in inputs.items())
+        shapes = package.dims_for_export(signature, max_batch=MAX_BATCH, max_sizes=bounds)
     try:
-        program = torch.export.export(model, (trace,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(model, trace, dynamic_shapes=shapes)
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         (package_dir / PTE_FILE).write_bytes(lowered.to_executorch().buffer)
     except Exception as exc:  # export and lowering raise many types
-        raise ExportError("Cannot export to ExecuTorch: " + way_out(exc)) from exc
+        raise ExportError(
+            "Cannot export to ExecuTorch: " + way_out(exc, target="mobile", static=static)
+        ) from exc
+    return bounds
+
+
+def _grow(t: torch.Tensor, name: str, signature: dict, bounds: dict) -> torch.Tensor:
+    """``t`` at its dims' upper bounds: rows repeated, other axes extended by their last slice."""
+    t = t.repeat(-(-MAX_BATCH // t.shape[0]), *[1] * (t.dim() - 1))[:MAX_BATCH]
+    for axis, dim in ((signature.get("dynamic_axes") or {}).get(name) or {}).items():
+        axis, length = int(axis), bounds[dim]
+        last = t.narrow(axis, t.shape[axis] - 1, 1)
+        if length > t.shape[axis]:
+            size = [length - t.shape[axis] if i == axis else -1 for i in range(t.dim())]
+            t = torch.cat([t, last.expand(*size)], dim=axis)
+    return t.contiguous()
 
 
 def _write_ort(source: Path, target: Path) -> None:

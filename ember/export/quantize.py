@@ -1,7 +1,8 @@
 """The ``int8`` target: onnxruntime quantization of ``model.onnx``.
 
 Dynamic quantization (int8 weights, activations quantized at run time) for graphs of
-Linear/RNN layers; static QDQ quantization (per-channel weights) calibrated on sample inputs
+Linear/RNN layers, transformers included (their MatMul/Gemm weights; several inputs of any
+dtype, dynamic sequence axes kept); static QDQ quantization (per-channel weights) calibrated on sample inputs
 when the graph has Conv.
 
 Weights use 7 bits (``reduce_range``): x86 CPUs without VNNI multiply uint8 activations by
@@ -26,7 +27,7 @@ from ember import package
 from ember.export import verify
 from ember.export.errors import ExportError, require
 from ember.export.onnx import FILE as FP32_FILE
-from ember.export.onnx import export_onnx, run_onnx
+from ember.export.onnx import export_onnx, onnx_runner, run_onnx
 
 __all__ = ["CALIBRATION_METHODS", "export_int8"]
 
@@ -81,16 +82,17 @@ def export_int8(
     ort_quant = require("onnxruntime.quantization", "export")
     package_dir = Path(package_dir)
     manifest = package.read_manifest(package_dir)
-    inputs, expected = package.load_sample(package_dir)
-    calibration = _calibration_rows(calibration_data, inputs)
+    inputs, _ = package.load_named_sample(package_dir)
+    calibration = _calibration_feeds(calibration_data, inputs)
     if "onnx" not in manifest.get("targets", {}):
         export_onnx(package_dir, **options)
     package.verify_files(package_dir, package.read_manifest(package_dir), names=[FP32_FILE])
     method = CALIBRATION_METHODS[calibration_method]
     mode = _quantize(ort_quant, package_dir / FP32_FILE, package_dir / FILE, calibration, method)
-    info = _figures(package_dir, inputs.numpy(), expected.numpy(), manifest.get("task"), mode)
+    info = _figures(package_dir, manifest.get("task"), mode)
     if mode == "static":
-        info["calibration"] = {"method": calibration_method, "samples": len(calibration)}
+        rows = len(next(iter(calibration.values())))
+        info["calibration"] = {"method": calibration_method, "samples": rows}
     if eval_data is not None:
         info.update(_accuracies(package_dir, eval_data))
     classifier = manifest.get("task") == "classification"
@@ -104,10 +106,22 @@ def export_int8(
     )
 
 
+def _calibration_feeds(data: Any, sample: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Calibration inputs by name: the stored sample (any number of inputs, dtypes kept), or
+    ``calibration_data`` rows for a one-input model."""
+    if data is None:
+        return {n: _whole_batches(t.numpy()) for n, t in sample.items()}
+    if len(sample) != 1:
+        raise ValueError(
+            f"`calibration_data` is for one-input models; this one takes {list(sample)}. "
+            "Leave it out to calibrate on the stored sample."
+        )
+    name, first = next(iter(sample.items()))
+    return {name: _calibration_rows(data, first)}
+
+
 def _calibration_rows(data: Any, sample: torch.Tensor) -> np.ndarray:
     """The calibration inputs as float32, checked against the sample's row shape."""
-    if data is None:
-        return _whole_batches(_as_array(sample))
     rows = _as_array(data)
     expected = tuple(sample.shape[1:])
     if rows.ndim == 0 or tuple(rows.shape[1:]) != expected or len(rows) == 0:
@@ -128,17 +142,15 @@ def _whole_batches(rows: np.ndarray) -> np.ndarray:
     return rows[: len(rows) // _CALIBRATION_BATCH * _CALIBRATION_BATCH]
 
 
-def _figures(
-    package_dir: Path, inputs: np.ndarray, expected: np.ndarray, task: Any, mode: str
-) -> dict:
-    actual = run_onnx(package_dir / FILE, inputs)
+def _figures(package_dir: Path, task: Any, mode: str) -> dict:
+    figures = verify.parity_on_samples(package_dir, onnx_runner(package_dir / FILE), task=task)
     size, fp32_size = (package_dir / FILE).stat().st_size, (package_dir / FP32_FILE).stat().st_size
     return {
         "file": FILE,
         "mode": mode,
         "reduce_range": True,
         "per_channel": mode == "static",
-        **verify.parity(expected, actual, task=task),
+        **figures,
         "size_bytes": size,
         "fp32_size_bytes": fp32_size,
         "size_ratio": size / fp32_size,
@@ -146,7 +158,7 @@ def _figures(
 
 
 def _quantize(
-    ort_quant: Any, source: Path, target: Path, calibration: np.ndarray, method: str
+    ort_quant: Any, source: Path, target: Path, calibration: dict[str, np.ndarray], method: str
 ) -> str:
     import onnx
 
@@ -164,7 +176,7 @@ def _quantize(
                 ort_quant.quantize_static(
                     str(prepared),
                     str(target),
-                    _CalibrationReader(model.graph.input[0].name, calibration),
+                    _CalibrationReader(calibration),
                     quant_format=ort_quant.QuantFormat.QDQ,
                     per_channel=True,
                     reduce_range=True,
@@ -237,10 +249,11 @@ def _rename(graph: Any) -> None:
 class _CalibrationReader:
     """Feeds calibration batches to ``quantize_static`` (onnxruntime's CalibrationDataReader API)."""
 
-    def __init__(self, input_name: str, data: np.ndarray) -> None:
+    def __init__(self, data: dict[str, np.ndarray]) -> None:
+        rows = len(next(iter(data.values())))
         self._batches = iter(
-            {input_name: data[i : i + _CALIBRATION_BATCH]}
-            for i in range(0, len(data), _CALIBRATION_BATCH)
+            {name: array[i : i + _CALIBRATION_BATCH] for name, array in data.items()}
+            for i in range(0, rows, _CALIBRATION_BATCH)
         )
 
     def get_next(self) -> dict | None:

@@ -47,6 +47,8 @@ def quiet_toolchains(verbose: bool = False) -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", r".*LeafSpec.* is deprecated", FutureWarning)
+            # torch.onnx merges axes of equal constraints (two inputs' "batch") and says so
+            warnings.filterwarnings("ignore", r".*will not be used, since it shares", UserWarning)
             yield
     finally:
         root.removeFilter(_not_ort_axis_chatter)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ember import package
 from ember.export.errors import ExportError
 
-__all__ = ["accept", "check", "parity"]
+__all__ = ["accept", "check", "parity", "parity_on_samples", "trace_args"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,61 @@ def parity(expected: np.ndarray, actual: np.ndarray, *, task: str | None) -> dic
         top1 = rows.argmax(axis=1) == actual.reshape(actual.shape[0], -1).argmax(axis=1)
         figures["top1_agreement"] = float(top1.mean())
     return figures
+
+
+def parity_on_samples(
+    package_dir: str | os.PathLike,
+    run: Callable[[dict[str, np.ndarray]], list[np.ndarray]],
+    *,
+    task: str | None,
+    static: bool = False,
+) -> dict:
+    """Run a target on every stored sample and compare each output with the trained model's.
+
+    The stored sample, and where an axis beyond the batch is dynamic the ``varied`` sample (the
+    same rows at another length), are both run unless ``static`` (a target exported with fixed
+    shapes only takes the stored one). Figures are the worst over samples and outputs.
+
+    Args:
+        package_dir: the package directory.
+        run: ``{input name: array}`` (dtypes as stored) -> outputs in signature order.
+        task: see :func:`parity` (top-1 agreement is taken on the first output).
+        static: check the stored sample only.
+
+    Returns:
+        :func:`parity` figures plus ``checked_shapes``: ``{sample: {input: shape}}``.
+
+    Example:
+        >>> parity_on_samples("bert", lambda x: [session.run(None, x)[0]], task="classification")
+    """
+    worst: dict = {}
+    checked = {}
+    for kind, (inputs, expected) in package.load_samples(package_dir).items():
+        if static and kind != "stored":
+            continue
+        feed = {n: t.numpy() for n, t in inputs.items()}
+        actual = run(feed)
+        if len(actual) != len(expected):
+            raise ExportError(
+                f"The target returned {len(actual)} outputs, expected {len(expected)}"
+            )
+        for i, (want, got) in enumerate(zip(expected.values(), actual)):
+            figures = parity(want.numpy(), np.asarray(got), task=task if i == 0 else None)
+            for key, value in figures.items():
+                better = min if key == "top1_agreement" else max
+                worst[key] = better(worst[key], value) if key in worst else value
+        checked[kind] = {n: list(t.shape) for n, t in inputs.items()}
+    return {**worst, "checked_shapes": checked}
+
+
+def trace_args(inputs: dict[str, torch.Tensor], rows: int = 2) -> tuple[torch.Tensor, ...]:
+    """The sample's tensors with at least ``rows`` rows (export specialises a size-1 dim)."""
+    out = []
+    for t in inputs.values():
+        if t.shape[0] < rows:
+            t = t.repeat(-(-rows // t.shape[0]), *[1] * (t.dim() - 1))[:rows]
+        out.append(t)
+    return tuple(out)
 
 
 def check(figures: dict, *, target: str, rtol: float | None, min_top1: float | None) -> None:

@@ -73,17 +73,25 @@ def export_web(
     """
     pkg = Path(package_dir)
     manifest = _ensure_onnx(pkg)
-    inputs, expected = package.load_sample(pkg)
     npm_dir = ensure_npm_runtime(cache_dir=cache_dir)
     package.remove_target_dir(pkg, "web")
     web = pkg / "web"
     try:
         _write_bundle(web, pkg / manifest["targets"]["onnx"]["file"], manifest, npm_dir)
-        _write_samples(web, inputs, expected)
         start = time.perf_counter()
-        actual = node_predict(web, npm_dir=npm_dir)
+        if _one_float_input(manifest["signature"]):
+            inputs, expected = package.load_sample(pkg)
+            _write_samples(web, inputs, expected)
+            actual = node_predict(web, npm_dir=npm_dir)
+            figures = verify.parity(expected.numpy(), actual, task=manifest.get("task"))
+        else:
+            _write_named_samples(web, package.load_samples(pkg))
+            outputs = [spec["name"] for spec in manifest["signature"]["outputs"]]
+            figures = verify.parity_on_samples(
+                pkg, lambda feed: node_run(web, feed, outputs, npm_dir=npm_dir),
+                task=manifest.get("task"),
+            )  # fmt: skip
         seconds = time.perf_counter() - start
-        figures = verify.parity(expected.numpy(), actual, task=manifest.get("task"))
     except BaseException:
         shutil.rmtree(web, ignore_errors=True)
         raise
@@ -173,6 +181,74 @@ def node_predict(web_dir: str | os.PathLike, *, npm_dir: str | os.PathLike) -> n
         raise ExportError(f"Running the web bundle under Node.js failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout)
     return np.asarray(result["outputs"], dtype=np.float32).reshape(result["dims"])
+
+
+def node_run(
+    web_dir: str | os.PathLike,
+    inputs: dict[str, np.ndarray],
+    outputs: list[str],
+    *,
+    npm_dir: str | os.PathLike,
+) -> list[np.ndarray]:
+    """Run a web bundle's ``ember.js`` ``model.run`` under Node.js on named inputs of any dtype.
+
+    Args:
+        web_dir: the ``web/`` folder of a package.
+        inputs: ``{input name: array}`` (int64 ids are sent as BigInt64Array tensors).
+        outputs: output names, in the order to return them.
+        npm_dir: the folder returned by :func:`ensure_npm_runtime`.
+
+    Returns:
+        The outputs as float32 arrays, in ``outputs`` order.
+
+    Example:
+        >>> node_run("bert/web", {"input_ids": ids, "attention_mask": mask}, ["logits"],
+        ...          npm_dir=ensure_npm_runtime())[0].shape
+        (4, 3)
+    """
+    node = shutil.which("node")
+    if node is None:
+        raise ExportError("The web target's parity check needs Node.js ('node' is not on PATH)")
+    feeds = {n: {"dims": list(a.shape), "data": a.ravel().tolist()} for n, a in inputs.items()}
+    with tempfile.TemporaryDirectory(prefix="ember-web-") as tmp:
+        feeds_file = Path(tmp) / "feeds.json"
+        feeds_file.write_text(json.dumps(feeds), encoding="utf-8")
+        cmd = [
+            node,
+            str(WEB_ASSETS / "node_predict.js"),
+            str(web_dir),
+            str(npm_dir),
+            str(feeds_file),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    if proc.returncode != 0:
+        raise ExportError(f"Running the web bundle under Node.js failed:\n{proc.stderr[-3000:]}")
+    named = json.loads(proc.stdout)["named"]
+    return [np.asarray(named[n]["data"], np.float32).reshape(named[n]["dims"]) for n in outputs]
+
+
+def _one_float_input(signature: dict) -> bool:
+    """The demo page's original form: one float32 input, one output (e.g. digits)."""
+    inputs = signature["inputs"]
+    return len(inputs) == 1 and len(signature["outputs"]) == 1 and inputs[0]["dtype"] == "float32"
+
+
+def _write_named_samples(web: Path, samples: dict) -> None:
+    """samples.json for several named inputs: every stored sample, dtypes recorded."""
+
+    def tensors(named: dict) -> dict:
+        return {
+            n: {"dims": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
+                "data": t.ravel().tolist()}
+            for n, t in named.items()
+        }  # fmt: skip
+
+    content: dict = {"named": True}
+    for kind, (inputs, outputs) in samples.items():
+        key = "" if kind == "stored" else f"{kind}_"
+        content[f"{key}inputs"] = tensors(inputs)
+        content[f"{key}outputs"] = tensors(outputs)
+    _write_json(web / "samples.json", content)
 
 
 def _ensure_onnx(pkg: Path) -> dict:

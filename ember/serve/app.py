@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from ember.serve.metrics import ServeMetrics
 from ember.serve.protocols import (
+    DEFAULT_BODY_TIMEOUT,
     Context,
     JSONResponse,
     error_response,
@@ -24,7 +25,7 @@ from ember.serve.protocols import (
     torchserve,
 )
 
-__all__ = ["build_app", "openapi_schema", "DEFAULT_BODY_LIMIT"]
+__all__ = ["build_app", "openapi_schema", "DEFAULT_BODY_LIMIT", "DEFAULT_BODY_TIMEOUT"]
 
 access_logger = logging.getLogger("ember.serve.access")
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def build_app(
     metrics: ServeMetrics | None = None,
     body_limit: int = DEFAULT_BODY_LIMIT,
     server_version: str | None = None,
+    body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
 ) -> Starlette:
     """Builds the inference app over a (started or starting) ``ModelRepository``.
 
@@ -46,6 +48,8 @@ def build_app(
         metrics: where requests are counted; a new ``ServeMetrics`` when None.
         body_limit: largest request body in bytes (413 above it).
         server_version: reported by ``GET /v2``; the installed ember version when None.
+        body_timeout: seconds a request body may take to arrive (408 after, so a client sending
+            a byte a second cannot hold a request open); None waits forever.
 
     Returns:
         A Starlette app; ``app.state.metrics`` and ``app.state.repository`` hold what it serves.
@@ -58,8 +62,22 @@ def build_app(
         raise ValueError(
             f"`body_limit` must be a positive number of bytes. Received: {body_limit!r}"
         )
+    if body_timeout is not None and (
+        isinstance(body_timeout, bool)
+        or not isinstance(body_timeout, (int, float))
+        or not body_timeout > 0
+    ):
+        raise ValueError(
+            f"`body_timeout` must be a positive number of seconds or None. Received: {body_timeout!r}"
+        )
     metrics = metrics if metrics is not None else ServeMetrics()
-    ctx = Context(repository, metrics, body_limit, server_version=server_version or _version())
+    ctx = Context(
+        repository,
+        metrics,
+        body_limit,
+        server_version=server_version or _version(),
+        body_timeout=body_timeout,
+    )
     schema = openapi_schema(ctx.server_version)
 
     async def metrics_route(request: Request) -> Response:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ class RepositorySync:
     _policy_override: dict[str, dict]
     _lock: asyncio.Lock | None
     _refused: set[Path]
+    retire_gate: Callable[[str, list[int]], Awaitable[None]] | None
 
     async def _watch(self) -> None:
         while True:
@@ -204,13 +206,13 @@ class RepositorySync:
             if e.state not in ("END", "PENDING") and v not in model.gone
         }
         wanted = model.wanted(on_disk, model.failed(on_disk))
-        await asyncio.gather(
-            *(
-                self._retire(model, v)
-                for v, e in list(model.entries.items())
-                if e.state == "AVAILABLE" and v not in wanted
-            )
-        )
+        unwanted = [
+            v for v, e in model.entries.items() if e.state == "AVAILABLE" and v not in wanted
+        ]
+        if unwanted and self.retire_gate is not None:
+            # Other workers of a group must serve the replacements before this one drops anything.
+            await self.retire_gate(model.name, sorted(set(model.serving) & wanted))
+        await asyncio.gather(*(self._retire(model, v) for v in unwanted))
 
     async def _retire(self, model: ModelRoutes, version: int) -> None:
         entry = model.entries.get(version)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,8 @@ class ModelRepository(RepositorySync):
         strict_readiness: ``ready`` only while every model has a version serving (Triton's
             ``--strict-readiness=true``); by default one failed or pending model does not make
             the server unready (see ``ready``).
+        retire_gate: ``await retire_gate(name, versions)`` before hot reload retires a version
+            that ``versions`` replace; a worker group waits there until every worker serves them.
 
     Example:
         >>> repo = ModelRepository(Path("models"), poll_interval=2.0)  # doctest: +SKIP
@@ -85,6 +88,7 @@ class ModelRepository(RepositorySync):
         drain_timeout: float = 30.0,
         threads: int | None = None,
         strict_readiness: bool = False,
+        retire_gate: Callable[[str, list[int]], Awaitable[None]] | None = None,
     ) -> None:
         self.root = Path(root).expanduser().resolve()
         if not self.root.exists():
@@ -97,6 +101,7 @@ class ModelRepository(RepositorySync):
         self.metrics = metrics
         self.drain_timeout = drain_timeout
         self.strict_readiness = bool(strict_readiness)
+        self.retire_gate = retire_gate
         self._policy_override = {k: parse_policy(v, k) for k, v in (version_policy or {}).items()}
         self._single = self.root.is_file() or is_version_dir(self.root)
         self._models: dict[str, ModelRoutes] = {}

@@ -8,8 +8,6 @@ run on torch in eager mode through ``ember.package.load``.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import os
 import threading
@@ -19,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ember import package
 from ember.serve.batching import Batcher, BatchingConfig, ObserveFn
 from ember.serve.errors import ServeError
 from ember.serve.tensors import TensorSpec, check_inputs, numpy_dtype
@@ -219,26 +218,21 @@ def load_version(
 
 
 def _read_manifest(path: Path) -> dict:
-    manifest_file = path / "ember.json"
-    if not path.is_dir() or not manifest_file.is_file():
+    if not path.is_dir() or not (path / package.MANIFEST).is_file():
         return {}
     try:
-        return json.loads(manifest_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise ServeError(400, f"Corrupt manifest {manifest_file}: {exc}") from None
+        return package.read_manifest(path)
+    except package.PackageError as exc:
+        raise ServeError(400, f"Corrupt manifest in {path}: {exc}") from None
 
 
 def _check_hash(onnx_file: Path, manifest: dict) -> None:
-    expected = (manifest.get("files") or {}).get(onnx_file.name)
-    if not expected or not onnx_file.is_file():
+    if onnx_file.name not in (manifest.get("files") or {}) or not onnx_file.is_file():
         return
-    digest = hashlib.sha256(onnx_file.read_bytes()).hexdigest()
-    if digest != expected:
-        raise ServeError(
-            400,
-            f"Corrupt package: {onnx_file.name} sha256 {digest[:12]}... does not match "
-            f"ember.json ({expected[:12]}...).",
-        )
+    try:
+        package.verify_files(onnx_file.parent, manifest, names=[onnx_file.name])
+    except package.PackageError as exc:
+        raise ServeError(400, f"Corrupt package: {exc}") from None
 
 
 def ort_session(onnx_file: Path, threads: int | None = None) -> Any:
@@ -334,8 +328,6 @@ class _TorchRuntime:
     def __init__(self, path: Path, manifest: dict) -> None:
         import torch
 
-        from ember import package
-
         signature = manifest.get("signature") or {}
         if not signature.get("inputs") or not signature.get("outputs"):
             raise ServeError(400, f"No model.onnx and no signature in {path}/ember.json.")
@@ -356,26 +348,41 @@ class _TorchRuntime:
         torch = self._torch
         args = [torch.from_numpy(np.ascontiguousarray(inputs[s.name])) for s in self.inputs]
         with torch.inference_mode():
-            result = self._module(*args)
-        if isinstance(result, torch.Tensor):
-            result = (result,)
+            result = self._module.flat(*args)
         return {s.name: t.detach().cpu().numpy() for s, t in zip(self.outputs, result)}
 
 
 def _warm_up(engine: Any, path: Path, manifest: dict) -> None:
-    """Runs the package sample (checking parity) or zeros once, so the first request is fast."""
-    sample = path / "sample.safetensors" if path.is_dir() else None
-    if sample is not None and sample.is_file() and len(engine.inputs) == 1:
-        from safetensors.numpy import load_file
+    """Runs the package's samples (checking parity) or zeros once, so the first request is fast.
 
-        tensors = load_file(str(sample))
-        spec = engine.inputs[0]
-        x = tensors["inputs"].astype(numpy_dtype(spec.datatype))
-        actual = engine.run({spec.name: x})[engine.outputs[0].name]
-        expected = tensors.get("outputs")
-        if expected is not None:
-            _check_parity(actual, expected, manifest, engine.platform)
-        return
+    Every stored sample is run: the one saved with the package and, where an axis beyond the
+    batch is dynamic, the same rows at another length, so a runtime that lost that axis fails
+    here rather than on the first request of another length.
+    """
+    if package.SAMPLE in (manifest.get("files") or {}) and path.is_dir():
+        try:
+            samples = package.load_samples(path)
+        except package.PackageError as exc:
+            raise ServeError(400, f"Corrupt package: {exc}") from None
+        names = [s.name for s in engine.inputs]
+        for kind, (inputs, expected) in samples.items():
+            if list(inputs) != names or list(expected) != [s.name for s in engine.outputs]:
+                break  # a runtime whose names differ from the signature: warm with zeros
+            feed = {
+                spec.name: inputs[spec.name].numpy().astype(numpy_dtype(spec.datatype))
+                for spec in engine.inputs
+            }
+            try:
+                actual = engine.run(feed)
+            except Exception as exc:  # e.g. a model.onnx that lost a dynamic axis
+                shapes = {n: list(a.shape) for n, a in feed.items()}
+                raise ServeError(
+                    400, f"{engine.platform} cannot run the package's {kind} sample {shapes}: {exc}"
+                ) from None
+            for name, want in expected.items():
+                _check_parity(actual[name], want.numpy(), manifest, engine.platform)
+        else:
+            return
     zeros = {}
     for spec in engine.inputs:
         shape = [d if d >= 0 else 1 for d in spec.shape]

@@ -38,10 +38,12 @@ def serve(
     adaptive_batching: bool = False,
     target_p99_ms: float = 50.0,
     body_limit: int = 64 * 1024 * 1024,
+    body_timeout: float | None = 60.0,
     runtime: str = "auto",
     grace_period: float = 30.0,
     access_log: bool = False,
     strict_readiness: bool = False,
+    workers: int | str = 1,
 ) -> int:
     """Serves a model repository until SIGTERM or SIGINT; returns the exit code (0).
 
@@ -62,6 +64,7 @@ def serve(
         adaptive_batching: size batches from measured latency to keep p99 under ``target_p99_ms``.
         target_p99_ms: latency target of adaptive batching.
         body_limit: largest request body in bytes (413 above it).
+        body_timeout: seconds a request body may take to arrive (408 after); None waits forever.
         runtime: ``"auto"``, ``"onnxruntime"`` or ``"torch"``.
         grace_period: seconds in-flight requests get to finish at shutdown.
         access_log: log every request to the ``ember.serve.access`` logger (INFO); it costs about
@@ -69,6 +72,8 @@ def serve(
         strict_readiness: ``/v2/health/ready`` answers 200 only while every model has a version
             serving (Triton's default); by default it does while at least one model serves, so
             one failed or pending model does not take a replica out of service.
+        workers: server processes sharing the ports (``"auto"``: one per core); see
+            ``ember.serve.scale``. Each loads the whole repository.
 
     Returns:
         0 after a graceful shutdown.
@@ -76,7 +81,12 @@ def serve(
     Example:
         >>> serve("models", port=8080, grpc_port=8081)  # doctest: +SKIP
     """
-    options = {k: v for k, v in locals().items() if k not in ("path", "access_log")}
+    options = {k: v for k, v in locals().items() if k not in ("path", "access_log", "workers")}
+    from ember.serve.scale.workers import resolve_workers, serve_workers
+
+    count = resolve_workers(workers)
+    if count > 1:
+        return serve_workers(path, workers=count, access_log=access_log, **options)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("ember.serve.access").setLevel(
@@ -113,10 +123,12 @@ async def run(
     adaptive_batching: bool = False,
     target_p99_ms: float = 50.0,
     body_limit: int = 64 * 1024 * 1024,
+    body_timeout: float | None = 60.0,
     runtime: str = "auto",
     grace_period: float = 30.0,
     freeze_heap: bool = False,
     strict_readiness: bool = False,
+    member: Any = None,
 ) -> None:
     """Runs the server on the current loop until ``stop`` is set (the async core of ``serve``).
 
@@ -126,7 +138,9 @@ async def run(
     ``freeze_heap``: once the models are loaded, move every live object out of the garbage
     collector's reach (``gc.freeze``), so no full collection walks torch's and ONNX Runtime's
     objects mid-request (a 70 ms pause that set p99); ``serve`` turns it on, as it owns the
-    process. The other arguments are those of ``serve``.
+    process. ``member``: this process's ``ember.serve.scale.worker.GroupMember`` when it is one
+    worker of a group (ports shared, readiness, metrics and hot reload agreed with the others).
+    The other arguments are those of ``serve``.
     """
     from ember.serve.app import build_app
     from ember.serve.management import build_management_app, resolve_token
@@ -138,19 +152,24 @@ async def run(
     repository = ModelRepository(
         Path(path), poll_interval=poll_interval, runtime=runtime, batching=batching,
         metrics=metrics, strict_readiness=strict_readiness,
+        retire_gate=member.retire_gate if member else None,
     )  # fmt: skip
-    app = build_app(repository, metrics=metrics, body_limit=body_limit)
+    app = build_app(repository, metrics=metrics, body_limit=body_limit, body_timeout=body_timeout)
+    if member is not None:
+        app = member.wrap_app(app, repository, metrics)
     info: dict[str, Any] = {"app": app, "repository": repository, "grpc": None,
                             "management": None, "token": None}  # fmt: skip
     servers: list[tuple[Any, socket.socket]] = []
-    rest_sock = _bind(host, port)
+    rest_sock = member.rest_socket() if member is not None else _bind(host, port)
     servers.append((_uvicorn(app, grace_period), rest_sock))
     info["rest"] = _url(rest_sock)
     if management_port is not None:
         info["token"] = resolve_token(token, token_file)
         mgmt_sock = _bind(management_host, management_port)
-        servers.append((_uvicorn(build_management_app(repository, info["token"]), grace_period),
-                        mgmt_sock))  # fmt: skip
+        mgmt_app = build_management_app(repository, info["token"])
+        if member is not None:
+            mgmt_app = member.wrap_management(mgmt_app, repository, metrics, info["token"])
+        servers.append((_uvicorn(mgmt_app, grace_period), mgmt_sock))
         info["management"] = _url(mgmt_sock)
     grpc_server = None
     with _closing(servers):
@@ -159,7 +178,9 @@ async def run(
             from ember.serve.protocols.kserve_grpc import start_grpc_server
 
             grpc_port = grpc_port or _free_port(host)  # 0: a free port, known before binding
-            grpc_server = await start_grpc_server(repository, host, grpc_port)
+            grpc_server = await start_grpc_server(
+                repository, host, grpc_port, reuse_port=member is not None
+            )
             info["grpc"] = f"{host}:{grpc_port}"
         _announce(info, token_file, token is not None)
         if on_start is not None:

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ember.serve.errors import ServeError
+from ember.serve.bigjson import RawArray
+from ember.serve.errors import ServeError, brief
 
 __all__ = [
     "TensorSpec",
@@ -84,7 +85,7 @@ class TensorSpec:
             text = text[7:-1]
         datatype = text.upper() if text.upper() in _TO_NUMPY else _ALIASES.get(text)
         if datatype is None:
-            raise ServeError(400, f"Unsupported dtype {dtype!r} for tensor {name!r}.")
+            raise ServeError(400, f"Unsupported dtype {brief(dtype)} for tensor {brief(name)}.")
         dims = [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
         return cls(name, datatype, dims)
 
@@ -106,7 +107,7 @@ def numpy_dtype(datatype: str) -> np.dtype:
         return _TO_NUMPY[datatype]
     except (KeyError, TypeError):
         raise ServeError(
-            400, f"Unknown datatype {datatype!r}. Choose one of: {', '.join(_TO_NUMPY)}"
+            400, f"Unknown datatype {brief(datatype)}. Choose one of: {', '.join(_TO_NUMPY)}"
         ) from None
 
 
@@ -147,23 +148,16 @@ def decode_tensor(name: str, datatype: str, shape: Any, data: Any) -> np.ndarray
     """
     dtype = numpy_dtype(datatype)
     dims = _check_shape(name, shape)
-    if not isinstance(data, (list, tuple)):
+    if not isinstance(data, (list, tuple, RawArray)):
         raise ServeError(
-            400, f"Input {name!r}: 'data' must be a list, received {type(data).__name__}."
+            400, f"Input {brief(name)}: 'data' must be a list, received {type(data).__name__}."
         )
-    try:
-        array = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise ServeError(
-            400, f"Input {name!r}: data does not fit datatype {datatype} ({exc})."
-        ) from None
-    if dtype.kind in "fiub" and array.dtype == object:
-        raise ServeError(400, f"Input {name!r}: data is not a regular list of numbers.")
+    array = _to_array(name, datatype, dtype, data, "data does not fit datatype")
     expected = math.prod(dims)
     if array.size != expected:
         raise ServeError(
             400,
-            f"Input {name!r}: shape {dims} needs {expected} elements, received {array.size}.",
+            f"Input {brief(name)}: shape {dims} needs {expected} elements, received {array.size}.",
         )
     return array.reshape(dims)
 
@@ -178,10 +172,7 @@ def values_array(name: str, datatype: str, values: Any) -> np.ndarray:
         >>> values_array("x", "FP32", [[1, 2], [3, 4]]).dtype
         dtype('float32')
     """
-    try:
-        return np.asarray(values, dtype=numpy_dtype(datatype))
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise ServeError(400, f"Input {name!r}: values do not fit {datatype} ({exc}).") from None
+    return _to_array(name, datatype, numpy_dtype(datatype), values, "values do not fit")
 
 
 def decode_binary(name: str, datatype: str, shape: Any, raw: bytes) -> np.ndarray:
@@ -193,13 +184,13 @@ def decode_binary(name: str, datatype: str, shape: Any, raw: bytes) -> np.ndarra
     """
     dtype = numpy_dtype(datatype)
     if datatype == "BYTES":
-        raise ServeError(400, f"Input {name!r}: binary BYTES tensors are not supported.")
+        raise ServeError(400, f"Input {brief(name)}: binary BYTES tensors are not supported.")
     dims = _check_shape(name, shape)
     expected = math.prod(dims) * dtype.itemsize
     if len(raw) != expected:
         raise ServeError(
             400,
-            f"Input {name!r}: shape {dims} of {datatype} needs {expected} bytes, "
+            f"Input {brief(name)}: shape {dims} of {datatype} needs {expected} bytes, "
             f"received {len(raw)}.",
         )
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(dims)
@@ -245,12 +236,83 @@ def check_inputs(specs: list[TensorSpec], inputs: dict[str, np.ndarray]) -> None
         )
 
 
+def _to_array(name: str, datatype: str, dtype: np.dtype, data: Any, misfit: str) -> np.ndarray:
+    """JSON values (lists, or a ``RawArray`` left unparsed) as an array of ``dtype``."""
+    if isinstance(data, RawArray) or (
+        isinstance(data, list) and any(isinstance(v, RawArray) for v in data)
+    ):
+        data = _materialize(data, dtype)
+    elif dtype.kind in "fiu" and not isinstance(data, np.ndarray):
+        _check_numbers(name, datatype, data)
+    try:
+        array = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ServeError(
+            400,
+            f"Input {brief(name)}: {misfit} {datatype} ({str(exc)[:200]}).",
+        ) from None
+    if dtype.kind in "fiub" and array.dtype == object:
+        raise ServeError(400, f"Input {brief(name)}: data is not a regular list of numbers.")
+    return array
+
+
+def _materialize(data: Any, dtype: np.dtype) -> Any:
+    """Parses the ``RawArray``s in ``data`` (text straight into ``dtype``, chunk by chunk)."""
+    if isinstance(data, RawArray):
+        return data.to_numpy(dtype)
+    return [v.to_numpy(dtype) if isinstance(v, RawArray) else v for v in data]
+
+
+_NUMBERS = frozenset((int, float))
+_FLOATS = frozenset((int, float, type(None)))  # null is NaN, as NaN outputs are written
+
+
+def _check_numbers(name: str, datatype: str, data: Any, depth: int = 0) -> None:
+    """Refuses JSON strings and booleans where numbers are due (numpy would take "1.5" and true
+    as 1.5 and 1.0), and nulls but in float data (NaN). ``map(type)`` keeps it at C speed."""
+    if depth > MAX_DIMS:
+        raise ServeError(400, f"Input {brief(name)}: data is nested deeper than {MAX_DIMS} lists.")
+    if not isinstance(data, (list, tuple)):
+        data = [data]
+    allowed = _FLOATS if datatype.startswith("FP") else _NUMBERS
+    types = set(map(type, data))
+    if types <= allowed:
+        return
+    for kind in (list, tuple):
+        if kind in types:
+            for item in data:
+                if isinstance(item, (list, tuple)):
+                    _check_numbers(name, datatype, item, depth + 1)
+            types.discard(kind)
+    bad = next((t for t in types if t not in allowed), None)
+    if bad is not None:
+        example = next(v for v in data if type(v) is bad)
+        what = {bool: "a boolean", str: "a string", type(None): "null"}.get(bad, bad.__name__)
+        raise ServeError(
+            400,
+            f"Input {brief(name)}: {datatype} data must be JSON numbers, received {what} "
+            f"({brief(example)}).",
+        )
+
+
+# numpy refuses arrays whose dimensions (0 counted as 1) multiply past its index range.
+MAX_ELEMENTS = 2**40
+MAX_DIMS = 32
+
+
 def _check_shape(name: str, shape: Any) -> list[int]:
     if not isinstance(shape, (list, tuple)) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise ServeError(
             400,
-            f"Input {name!r}: 'shape' must be a list of non-negative integers, received {shape!r}.",
+            f"Input {brief(name)}: 'shape' must be a list of non-negative integers, "
+            f"received {brief(shape)}.",
+        )
+    if len(shape) > MAX_DIMS or math.prod(d or 1 for d in shape) > MAX_ELEMENTS:
+        raise ServeError(
+            400,
+            f"Input {brief(name)}: shape {brief(shape)} is too large: at most {MAX_DIMS} dimensions "
+            f"whose sizes (0 counted as 1) multiply to at most {MAX_ELEMENTS}.",
         )
     return list(shape)

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ember.serve.errors import ServeError
+from ember import package
+from ember.serve.errors import ServeError, brief
 
 __all__ = [
     "check_model_name",
@@ -35,6 +36,8 @@ DEFAULT_POLICY = {"latest": {"num_versions": 1}}
 _OUTSIDE = "a model directory must stay inside the repository"
 # Files only a model package holds: a version directory with one of them is a package upload.
 _PACKAGE_FILES = ("weights.safetensors", "sample.safetensors", "model.pt2")
+# ASCII digits only: str.isdigit() also takes "²", "٣" and "１", which int() refuses or misreads.
+_VERSION = re.compile(r"[0-9]{1,18}")
 
 # {name: {version: (path, fingerprint)}}
 Layout = dict[str, dict[int, tuple[Path, Any]]]
@@ -194,9 +197,11 @@ def parse_version(version: int | str) -> int:
         version = str(version)
     if isinstance(version, int) and version >= 0:
         return version
-    if isinstance(version, str) and version.isdigit() and len(version) < 19:
+    if isinstance(version, str) and _VERSION.fullmatch(version):
         return int(version)
-    raise ServeError(400, f"Invalid version {version!r}: expected a non-negative integer.")
+    raise ServeError(
+        400, f"Invalid version {brief(version)}: expected a non-negative integer in ASCII digits."
+    )
 
 
 def read_config(model_dir: Path, override: dict | None) -> tuple[dict, dict[str, int]]:
@@ -227,7 +232,7 @@ def read_config(model_dir: Path, override: dict | None) -> tuple[dict, dict[str,
 
 def is_version_dir(path: Path) -> bool:
     """Whether ``path`` is one version (a package or a directory with ``model.onnx``)."""
-    return (path / "ember.json").is_file() or (path / "model.onnx").is_file()
+    return (path / package.MANIFEST).is_file() or (path / "model.onnx").is_file()
 
 
 def single_name(path: Path) -> str:
@@ -236,14 +241,14 @@ def single_name(path: Path) -> str:
         name = path.stem
     else:
         try:
-            name = json.loads((path / "ember.json").read_text()).get("name") or path.name
-        except (OSError, ValueError):
+            name = package.read_manifest(path).get("name") or path.name
+        except (OSError, package.PackageError):
             name = path.name
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", str(name)).lstrip(".") or "model"
 
 
 def _is_version_name(name: str) -> bool:
-    return name.isascii() and name.isdigit() and len(name) < 19
+    return _VERSION.fullmatch(name) is not None
 
 
 def _pending_reason(path: Path, has_manifest: bool, siblings_packaged: bool) -> str | None:

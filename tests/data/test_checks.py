@@ -15,19 +15,19 @@ def _model(outputs=3):
 
 def test_a_label_larger_than_the_output_names_both_and_the_fix(blobs, quiet):
     x, y = blobs
-    with pytest.raises(ValueError, match=r"3 outputs.*0\.\.2.*labels 0\.\.8.*Dense\(9\)"):
+    with pytest.raises(ValueError, match=r"label is 8.*3 outputs.*0\.\.2.*Dense\(9\)"):
         _model().fit(x, np.where(y == 2, 8, y), **quiet)
 
 
 def test_a_negative_label_is_out_of_range_too(blobs, quiet):
     x, y = blobs
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match=r"label is -1.*0\.\.2"):
         _model().fit(x, y - 1, **quiet)
 
 
 def test_float_labels_for_a_classification_loss_say_astype_int64(blobs, quiet):
     x, y = blobs
-    with pytest.raises(ValueError, match=r"labels are float32.*astype\('int64'\).*loss='mse'"):
+    with pytest.raises(ValueError, match=r"float32.*astype\('int64'\).*mse"):
         _model().fit(x, y.astype(np.float32), **quiet)
 
 
@@ -40,5 +40,5 @@ def test_column_labels_say_reshape(blobs, quiet):
 def test_evaluate_explains_wrong_labels_too(blobs):
     x, y = blobs
     model = _model()
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match=r"label is \d.*3 outputs.*0\.\.2"):
         model.evaluate(x, y + 5)

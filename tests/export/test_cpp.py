@@ -38,9 +38,21 @@ def test_read_tensor_file_rejects_bad_files(tmp_path):
     (tmp_path / "short.bin").write_bytes(data[:-8])
     with pytest.raises(ExportError, match=r"truncated: tensor of shape \(4, 4\)"):
         cpp.read_tensor_file(tmp_path / "short.bin")
-    (tmp_path / "v2.bin").write_bytes(data[:4] + (2).to_bytes(4, "little") + data[8:])
-    with pytest.raises(ExportError, match="version 2 is not supported"):
-        cpp.read_tensor_file(tmp_path / "v2.bin")
+    (tmp_path / "v3.bin").write_bytes(data[:4] + (3).to_bytes(4, "little") + data[8:])
+    with pytest.raises(ExportError, match="version 3 is not supported"):
+        cpp.read_tensor_file(tmp_path / "v3.bin")
+
+
+def test_tensor_file_keeps_int64_ids_and_bool_masks(tmp_path):
+    ids = np.arange(12, dtype=np.int64).reshape(2, 6) * (1 << 40)  # needs all 64 bits
+    mask = np.array([[True, False] * 3] * 2)
+    scores = np.ones((2, 3), np.float32)
+    cpp.write_tensor_file(tmp_path / "typed.bin", [ids, mask, scores])
+    assert (tmp_path / "typed.bin").read_bytes()[4:8] == (2).to_bytes(4, "little")
+    back = cpp.read_tensor_file(tmp_path / "typed.bin")
+    assert [a.dtype for a in back] == [np.int64, np.bool_, np.float32]
+    for want, got in zip([ids, mask, scores], back):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_build_cpp_runner_without_cpp_target_fails_clearly(tmp_path):
@@ -71,7 +83,7 @@ def test_export_cpp_off_parity_is_not_kept(
     pkg = tmp_path / "pkg"
     shutil.copytree(digits_mlp_package, pkg)
 
-    def fake_compile(pkg_dir: Path, inputs: torch.Tensor, dynamic_batch: bool) -> bool:
+    def fake_compile(pkg_dir: Path, signature: dict, inputs: dict, dynamic_batch: bool) -> bool:
         (pkg_dir / cpp.FILE).write_bytes(b"not a real package")
         return dynamic_batch
 

@@ -51,7 +51,11 @@ def test_non_exportable_model_message(tmp_path):
 
 def test_failed_parity_removes_file_and_shows_figures(digits_mlp_package, tmp_path, monkeypatch):
     path = copy_package(digits_mlp_package, tmp_path)
-    monkeypatch.setattr(onnx_target, "run_onnx", lambda f, x: np.zeros((len(x), 10), np.float32))
+
+    def zeros(model_path):
+        return lambda feed: [np.zeros((len(next(iter(feed.values()))), 10), np.float32)]
+
+    monkeypatch.setattr(onnx_target, "onnx_runner", zeros)
     with pytest.raises(
         ExportError, match=r"'onnx' failed parity.*max_rel_diff 1 > rtol.*max_abs_diff="
     ):
@@ -76,6 +80,19 @@ def test_unknown_target():
         ValueError, match=r"Unknown export target\(s\) \['tflite'\]. Choose from: onnx"
     ):
         export("unused", ["onnx", "tflite"])
+
+
+def test_all_means_every_target_and_the_cli_passes_static(monkeypatch, tmp_path):
+    import ember.export as export_package
+    from ember import cli
+
+    assert export_package._parse_targets("all") == list(export_package.TARGETS)
+    calls = []
+    monkeypatch.setattr(export_package, "export", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr("ember.package.inspect_text", lambda path: "")
+    cli.main(["export", str(tmp_path), "--to", "all", "--static"])
+    ((args, kwargs),) = calls
+    assert args[1] == ["all"] and kwargs["static"] is True
 
 
 def test_missing_extra_message(digits_mlp_package, tmp_path, monkeypatch):

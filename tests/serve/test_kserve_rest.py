@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import numpy as np
 import pytest
 import torch
 
+from ember.serve.errors import ServeError
 from tests.serve.conftest import mlp
 
 
@@ -105,7 +108,7 @@ def test_outputs_selection_of_an_unknown_output_is_a_400(server):
         (b'{"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1,2,3,4]}]}',
          400, "Missing input 'input'"),
         (b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ["a","b","c","d"]}]}',
-         400, "does not fit datatype FP32"),
+         400, "FP32 data must be JSON numbers, received a string"),
         (b'{"inputs": [{"name": "input", "shape": "1,4", "datatype": "FP32", "data": [1]}]}',
          400, "'shape' must be a list"),
     ],
@@ -132,3 +135,18 @@ def test_body_over_the_limit_is_413(repo_dir, start_server):
     r = httpx.post(server.url + "/v2/models/mlp/infer", json=body)
     assert r.status_code == 413 and "over the limit of 1024" in r.json()["error"]
     assert httpx.get(server.url + "/v2/health/live").status_code == 200  # worker alive
+
+
+def test_parse_infer_request_refuses_unused_binary_bytes_and_non_ascii_lengths():
+    from ember.serve.protocols.kserve_rest import parse_infer_request
+
+    header = json.dumps({"inputs": [{"name": "x", "shape": [2], "datatype": "INT32",
+                                     "parameters": {"binary_data_size": 8}}]}).encode()  # fmt: skip
+    data = np.array([1, 2], "<i4").tobytes()
+    _, inputs, _, _ = parse_infer_request(header + data, str(len(header)))
+    assert inputs["x"].tolist() == [1, 2]
+    with pytest.raises(ServeError, match="3 bytes after the binary tensors"):
+        parse_infer_request(header + data + b"xyz", str(len(header)))
+    for length in ("²", "١٢", "１２", "-1", "1e3"):
+        with pytest.raises(ServeError, match="Invalid Inference-Header-Content-Length header"):
+            parse_infer_request(header + data, length)

@@ -199,3 +199,20 @@ def test_grpc_and_management_port_0_pick_free_ports_and_loaded_models_are_announ
         assert time.time() < deadline, caplog.text
         time.sleep(0.05)
     assert "Loaded model     half_plus_three (version 123)" in caplog.text
+
+
+def test_body_timeout_is_an_option_of_serve_and_the_cli(monkeypatch, tmp_path, capsys):
+    import ember.serve
+    from ember.cli import main
+
+    with pytest.raises(ValueError, match="`body_timeout` must be a positive number of seconds"):
+        build_app(object(), body_timeout=-1)
+    seen = {}
+    monkeypatch.setattr(ember.serve, "serve", lambda path, **options: seen.update(options) or 0)
+    assert main(["serve", str(tmp_path), "--body-timeout", "2.5"]) == 0
+    assert seen["body_timeout"] == 2.5
+    assert main(["serve", str(tmp_path), "--body-timeout", "0"]) == 0
+    assert seen["body_timeout"] is None  # 0: no limit
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "--body-timeout SECONDS" in capsys.readouterr().out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ember.serve.errors import ServeError
+from ember.serve.errors import ServeError, brief
 from ember.serve.tensors import (
     TensorSpec,
     check_inputs,
@@ -13,6 +13,7 @@ from ember.serve.tensors import (
     decode_binary,
     decode_tensor,
     numpy_dtype,
+    values_array,
 )
 
 
@@ -73,3 +74,55 @@ def test_values_array_converts_rows_and_names_the_input_when_they_do_not_fit():
     assert values_array("x", "INT64", [[1, 2], [3, 4]]).dtype == np.int64
     with pytest.raises(ServeError, match="Input 'x': values do not fit FP32"):
         values_array("x", "FP32", [[1, 2], [3]])
+
+
+@pytest.mark.parametrize(
+    "data, what",
+    [([1.0, "2"], "a string"), ([1.0, True], "a boolean"), ([[1.0], [None]], "null")],
+)
+@pytest.mark.parametrize("datatype", ["FP32", "FP16", "INT64", "UINT8"])
+def test_numeric_inputs_refuse_strings_and_booleans(data, what, datatype):
+    shape = [2] if isinstance(data[0], float) else [2, 1]
+    if what == "null" and datatype.startswith("FP"):  # null is NaN in float data
+        assert np.isnan(decode_tensor("x", datatype, shape, data)[1, 0])
+        return
+    with pytest.raises(ServeError, match=f"Input 'x': {datatype} data must be JSON numbers, "
+                       f"received {what}") as info:  # fmt: skip
+        decode_tensor("x", datatype, shape, data)
+    assert info.value.status == 400
+    with pytest.raises(ServeError, match="must be JSON numbers"):
+        values_array("x", datatype, [data])
+
+
+def test_bool_inputs_still_take_booleans():
+    assert decode_tensor("b", "BOOL", [2], [True, False]).tolist() == [True, False]
+    assert values_array("b", "BOOL", [[True], [False]]).dtype == np.bool_
+
+
+@pytest.mark.parametrize("shape", [[0, 4611686018427387904], [2**21] * 3, [1] * 33])
+def test_shapes_past_numpy_limits_are_400_before_numpy_sees_them(shape):
+    with pytest.raises(ServeError, match="'x': shape .* is too large") as info:
+        decode_tensor("x", "FP32", shape, [])
+    assert info.value.status == 400
+    assert decode_tensor("x", "FP32", [0, 2**30], []).shape == (0, 2**30)
+
+
+def test_errors_echo_only_a_prefix_of_huge_values():
+    with pytest.raises(
+        ServeError, match=r"Unknown datatype 'FFFF.*\(10000000 characters\)"
+    ) as info:
+        decode_tensor("x", "F" * 10_000_000, [1], [1])
+    assert len(info.value.message) < 400
+    with pytest.raises(ServeError) as info:
+        decode_tensor("n" * 10_000_000, "FP32", [2], [1])
+    assert len(info.value.message) < 400
+    assert len(ServeError(400, "y" * 10**6).message) < 2100
+    assert brief(list(range(10**6))) == "[0, 1, 2, 3, 4, 5, 6, 7, ...]"
+
+
+def test_data_nested_past_numpy_dimensions_is_400_not_a_recursion_error():
+    deep = [1.0]
+    for _ in range(900):
+        deep = [deep]
+    with pytest.raises(ServeError, match="nested deeper than 32 lists"):
+        decode_tensor("x", "FP32", [1], deep)

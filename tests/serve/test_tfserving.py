@@ -111,7 +111,10 @@ def test_metadata_has_the_signature_def(server):
         ({}, "exactly one of"),
         ({"instances": []}, "non-empty list"),
         ({"instances": [[1, 2, 3]]}, "expected shape [-1, 4]"),
-        ({"instances": [["a", "b", "c", "d"]]}, "do not fit FP32"),
+        (
+            {"instances": [["a", "b", "c", "d"]]},
+            "FP32 data must be JSON numbers, received a string",
+        ),
         ({"instances": [[1, 2], [1, 2, 3]]}, "do not fit FP32"),
     ],
 )

@@ -4,12 +4,14 @@
 //
 // Tensor file format (little-endian), used for both inputs and outputs:
 //   char[4]  magic "EMBT"
-//   uint32   version (1)
-//   uint32   count            number of tensors
+//   uint32   version (1: float32 only; 2: a dtype per tensor)
+//   uint32   count            number of tensors, in the model's input order
 //   then per tensor:
 //     uint32 ndim
+//     uint32 dtype            version 2 only: 0 float32, 1 int64, 2 int32, 3 bool, 4 float64
 //     int64  dims[ndim]
-//     float32 data[prod(dims)]  (row-major)
+//     data[prod(dims)]        row-major, in that dtype (bool: one byte each)
+// Outputs are written as version 1 (float32).
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -26,6 +28,18 @@ namespace {
 
 constexpr char kMagic[4] = {'E', 'M', 'B', 'T'};
 constexpr uint32_t kVersion = 1;
+constexpr uint32_t kTypedVersion = 2;
+
+at::ScalarType scalar_type(uint32_t code) {
+  switch (code) {
+    case 0: return at::kFloat;
+    case 1: return at::kLong;
+    case 2: return at::kInt;
+    case 3: return at::kBool;
+    case 4: return at::kDouble;
+    default: throw std::runtime_error("unknown EMBT dtype code " + std::to_string(code));
+  }
+}
 
 template <typename T>
 T read_pod(std::istream& in, const std::string& what) {
@@ -49,18 +63,19 @@ std::vector<at::Tensor> read_tensors(const std::string& path) {
     throw std::runtime_error(path + " is not an EMBT tensor file (bad magic)");
   }
   auto version = read_pod<uint32_t>(in, "version");
-  if (version != kVersion) {
+  if (version != kVersion && version != kTypedVersion) {
     throw std::runtime_error("unsupported EMBT version " + std::to_string(version));
   }
   auto count = read_pod<uint32_t>(in, "tensor count");
   std::vector<at::Tensor> tensors;
   for (uint32_t t = 0; t < count; ++t) {
     auto ndim = read_pod<uint32_t>(in, "ndim");
+    auto dtype = version == kTypedVersion ? scalar_type(read_pod<uint32_t>(in, "dtype")) : at::kFloat;
     std::vector<int64_t> dims;
     for (uint32_t d = 0; d < ndim; ++d) dims.push_back(read_pod<int64_t>(in, "dims"));
-    at::Tensor tensor = at::empty(dims, at::kFloat);
-    auto bytes = static_cast<std::streamsize>(tensor.numel() * sizeof(float));
-    if (!in.read(reinterpret_cast<char*>(tensor.data_ptr<float>()), bytes)) {
+    at::Tensor tensor = at::empty(dims, at::TensorOptions().dtype(dtype));
+    auto bytes = static_cast<std::streamsize>(tensor.numel() * tensor.element_size());
+    if (!in.read(reinterpret_cast<char*>(tensor.data_ptr()), bytes)) {
       throw std::runtime_error("truncated tensor data in " + path);
     }
     tensors.push_back(tensor);

@@ -8,6 +8,11 @@
 //   const model = await load();                       // the folder this file lives in
 //   const result = await model.predict(pixels);       // Float32Array or (nested) array
 //   result.labels[0], result.probabilities[0], result.outputs, result.dims
+//
+// Models with several named inputs of any dtype (token ids and masks are int64):
+//   const out = await model.run({input_ids: {data: [[101, 7, 102]], dims: [1, 3]},
+//                                attention_mask: {data: [[1, 1, 1]], dims: [1, 3]}});
+//   out.logits.dims, out.logits.data      // every output by name
 
 const IS_NODE =
   typeof process !== 'undefined' && !!(process.versions && process.versions.node) &&
@@ -80,6 +85,36 @@ export class EmberModel {
     return { dims: outDims, outputs, ...this.classify(outputs, outDims) };
   }
 
+  /**
+   * Run the model on named inputs of any dtype (int64 ids become BigInt64Array tensors).
+   *
+   * @param {Object<string, {data: Array|TypedArray, dims: number[]}>} inputs one entry per input
+   *   of the signature, values row-major (nested arrays are flattened).
+   * @returns {Promise<Object<string, {dims: number[], data: Float32Array|Array}>>} every output.
+   */
+  async run(inputs) {
+    const specs = (this.meta.signature && this.meta.signature.inputs) || [];
+    const feeds = {};
+    for (const spec of specs) {
+      const given = inputs[spec.name];
+      if (!given) throw new Error(`run: missing input '${spec.name}'`);
+      const count = given.dims.reduce((a, b) => a * b, 1);
+      const data = typedArray(spec.dtype, flatten(given.data));
+      if (data.length !== count) {
+        throw new Error(`run: '${spec.name}' dims [${given.dims}] need ${count} values, received ${data.length}`);
+      }
+      feeds[spec.name] = new this.ort.Tensor(ORT_TYPES[spec.dtype] || 'float32', data, given.dims);
+    }
+    const results = await this.session.run(feeds);
+    const out = {};
+    for (const name of this.session.outputNames) {
+      const t = results[name];
+      const data = t.data instanceof BigInt64Array ? Array.from(t.data, Number) : Float32Array.from(t.data);
+      out[name] = { dims: Array.from(t.dims, Number), data };
+    }
+    return out;
+  }
+
   defaultDims(length) {
     const per = this.sampleSize;
     if (!per || per <= 0 || this.inputShape.slice(1).some((d) => d < 0)) {
@@ -109,6 +144,20 @@ export class EmberModel {
     const names = this.meta.labels;
     const labels = classes.map((k) => (names && names[k] !== undefined ? String(names[k]) : String(k)));
     return { probabilities, classes, labels };
+  }
+}
+
+// ember.json dtypes -> onnxruntime tensor types and the typed arrays that hold them.
+const ORT_TYPES = { float32: 'float32', int64: 'int64', int32: 'int32', bool: 'bool', uint8: 'uint8', float64: 'float64' };
+
+function typedArray(dtype, values) {
+  switch (dtype) {
+    case 'int64': return BigInt64Array.from(values, (v) => BigInt(Math.trunc(Number(v))));
+    case 'int32': return Int32Array.from(values);
+    case 'bool': return Uint8Array.from(values, (v) => (v ? 1 : 0));
+    case 'uint8': return Uint8Array.from(values);
+    case 'float64': return Float64Array.from(values);
+    default: return Float32Array.from(values);
   }
 }
 

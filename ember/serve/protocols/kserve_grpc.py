@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ember.serve.errors import ServeError
+from ember.serve.errors import ServeError, brief
 from ember.serve.tensors import datatype_of, decode_binary, decode_tensor, numpy_dtype
+from ember.serve.versions import parse_version
 
 if TYPE_CHECKING:
     import grpc
@@ -58,6 +59,7 @@ async def start_grpc_server(
     *,
     server_name: str = "ember",
     max_message_bytes: int = 64 * 1024 * 1024,
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
     """Start a KServe v2 gRPC server for ``repository`` on the running asyncio loop.
 
@@ -67,6 +69,7 @@ async def start_grpc_server(
         port: TCP port to listen on (8081 is the KServe/Triton convention next to REST on 8080).
         server_name: Name reported by ServerMetadata.
         max_message_bytes: Largest request or response message accepted (gRPC's default is 4 MiB).
+        reuse_port: share ``port`` with the other workers of a group (``SO_REUSEPORT``).
 
     Returns:
         The started ``grpc.aio.Server``; stop it with ``await server.stop(grace=5)``.
@@ -83,7 +86,7 @@ async def start_grpc_server(
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         # Without this a second server on a busy port starts fine and silently shares the traffic.
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
     server = grpc.aio.server(options=options)
     add_inference_service(server, repository, server_name=server_name)
@@ -211,8 +214,8 @@ class _Servicer:
             raise ServeError(400, "Received an empty model name; name the model to use.")
         if not version:
             return self._repo.get(name)
-        if version.isdigit():
-            return self._repo.get(name, int(version))
+        if version.isdigit():  # any Unicode digit: parse_version refuses all but ASCII ones
+            return self._repo.get(name, parse_version(version))
         return self._repo.get(name, label=version)
 
     def _versions(self, model: Any) -> list[str]:
@@ -246,10 +249,11 @@ def _decode_inputs(request: Any) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
         if tensor.name in arrays:
-            raise ServeError(400, f"Input '{tensor.name}' was given more than once.")
+            raise ServeError(400, f"Input {brief(tensor.name)} was given more than once.")
         if raw and tensor.HasField("contents"):
             raise ServeError(
-                400, f"Input '{tensor.name}' has both `contents` and raw_input_contents; use one."
+                400,
+                f"Input {brief(tensor.name)} has both `contents` and raw_input_contents; use one.",
             )
         arrays[tensor.name] = _decode_tensor(tensor, raw[index] if raw else None)
     return arrays
@@ -267,7 +271,7 @@ def _decode_tensor(tensor: Any, raw: bytes | None) -> np.ndarray:
     elif datatype not in _CONTENTS_FIELD:
         raise ServeError(
             400,
-            f"Input {name!r} is {datatype}, which has no typed `contents` field; "
+            f"Input {brief(name)} is {brief(datatype)}, which has no typed `contents` field; "
             "send it in raw_input_contents.",
         )
     else:
@@ -280,11 +284,13 @@ def _unpack_bytes(name: str, raw: bytes) -> list[bytes]:
     items, offset = [], 0
     while offset < len(raw):
         if offset + 4 > len(raw):
-            raise ServeError(400, f"Input '{name}' (BYTES) has a truncated length prefix.")
+            raise ServeError(400, f"Input {brief(name)} (BYTES) has a truncated length prefix.")
         (length,) = struct.unpack_from("<I", raw, offset)
         offset += 4
         if offset + length > len(raw):
-            raise ServeError(400, f"Input '{name}' (BYTES) has an element longer than its data.")
+            raise ServeError(
+                400, f"Input {brief(name)} (BYTES) has an element longer than its data."
+            )
         items.append(raw[offset : offset + length])
         offset += length
     return items
@@ -300,7 +306,7 @@ def _requested_outputs(request: Any, model: Any) -> list[str] | None:
         if output.name not in known:
             raise ServeError(
                 400,
-                f"Unknown output '{output.name}' requested from model '{model.name}'. "
+                f"Unknown output {brief(output.name)} requested from model {model.name!r}. "
                 f"Choose from: {', '.join(known)}.",
             )
         if "classification" in output.parameters:

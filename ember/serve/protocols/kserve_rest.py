@@ -16,8 +16,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ember.serve.errors import ServeError
-from ember.serve.protocols import Context, JSONResponse, endpoint, read_body, read_json
+from ember.serve.errors import ServeError, brief
+from ember.serve.protocols import (
+    Context,
+    JSONResponse,
+    endpoint,
+    parse_length,
+    read_json,
+    request_body,
+    respond,
+)
 from ember.serve.tensors import datatype_of, decode_binary, decode_tensor
 
 __all__ = ["routes", "parse_infer_request", "encode_infer_response"]
@@ -36,14 +44,20 @@ def routes(ctx: Context) -> list[Route]:
 
     @endpoint(ctx, "kserve", infer=True)
     async def infer(request: Request) -> Response:
-        body = await read_body(request, ctx.body_limit)
         header_length = request.headers.get(_HEADER)
-        payload, inputs, outputs, binary_out = parse_infer_request(body, header_length)
+        async with request_body(request, ctx) as body:
+            payload, inputs, outputs, binary_out = await body.decode(
+                parse_infer_request, body.data, header_length
+            )
+        request_id = payload.get("id")
+        del payload  # what is left of the body text goes now, before inference
         p = request.path_params
         mv = repo.get(p["name"], p.get("version"))  # right before infer: drain sees us
         request.state.version = mv.version
         results = await mv.infer(inputs, [n for n, _ in outputs] or None)
-        return encode_infer_response(mv, payload.get("id"), results, outputs, binary_out)
+        return await respond(
+            results, lambda: encode_infer_response(mv, request_id, results, outputs, binary_out)
+        )
 
     @kserve
     async def live(request: Request) -> Response:
@@ -100,7 +114,7 @@ def routes(ctx: Context) -> list[Route]:
 
 
 def parse_infer_request(
-    body: bytes, header_length: str | None = None
+    body: bytes | bytearray, header_length: str | None = None
 ) -> tuple[dict, dict[str, np.ndarray], list[tuple[str, bool]], bool]:
     """Decodes a v2 infer request.
 
@@ -115,16 +129,18 @@ def parse_infer_request(
     Raises:
         ServeError: 400 naming the malformed field.
     """
-    raw = b""
+    view = memoryview(body)
+    raw = view[:0]
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        size = parse_length(header_length, "Inference-Header-Content-Length")
+        if size > len(view):
             raise ServeError(
                 400,
-                f"Invalid Inference-Header-Content-Length {header_length!r} for a body of "
-                f"{len(body)} bytes.",
+                f"Invalid Inference-Header-Content-Length {size} for a body of {len(view)} bytes.",
             )
-        raw, body = body[int(header_length) :], body[: int(header_length)]
-    payload = read_json(body, "inference request")
+        raw, view = view[size:], view[:size]
+    payload = read_json(view, "inference request")
+    del view
     items = payload.get("inputs")
     if not isinstance(items, list) or not items:
         raise ServeError(400, "The request needs 'inputs': a non-empty list of tensors.")
@@ -135,7 +151,7 @@ def parse_infer_request(
             raise ServeError(400, "Each input must be an object with a 'name' string.")
         name = item["name"]
         if name in inputs:
-            raise ServeError(400, f"Input {name!r} is given twice.")
+            raise ServeError(400, f"Input {brief(name)} is given twice.")
         size = _binary_size(item)
         if size is None:
             inputs[name] = decode_tensor(
@@ -144,11 +160,17 @@ def parse_infer_request(
         else:
             if offset + size > len(raw):
                 raise ServeError(
-                    400, f"Input {name!r}: binary_data_size {size} runs past the body."
+                    400, f"Input {brief(name)}: binary_data_size {size} runs past the body."
                 )
             chunk = raw[offset : offset + size]
             inputs[name] = decode_binary(name, item.get("datatype"), item.get("shape"), chunk)
             offset += size
+    if offset != len(raw):
+        raise ServeError(
+            400,
+            f"The body has {len(raw) - offset} bytes after the binary tensors, which take "
+            f"{offset} (their binary_data_size); send exactly the bytes the inputs declare.",
+        )
     params = payload.get("parameters")
     binary_all = isinstance(params, dict) and params.get("binary_data_output") is True
     return payload, inputs, _requested_outputs(payload.get("outputs"), binary_all), binary_all
@@ -198,7 +220,9 @@ def _binary_size(item: dict) -> int | None:
         return None
     size = params["binary_data_size"]
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise ServeError(400, f"Input {item['name']!r}: invalid binary_data_size {size!r}.")
+        raise ServeError(
+            400, f"Input {brief(item['name'])}: invalid binary_data_size {brief(size)}."
+        )
     return size
 
 

@@ -13,9 +13,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ember.serve.errors import ServeError
-from ember.serve.protocols import Context, JSONResponse, endpoint, read_body, read_json
+from ember.serve.bigjson import RawArray
+from ember.serve.errors import ServeError, brief
+from ember.serve.protocols import (
+    Context,
+    JSONResponse,
+    endpoint,
+    read_json,
+    request_body,
+    respond,
+)
 from ember.serve.tensors import TensorSpec, values_array
+from ember.serve.versions import parse_version
 
 __all__ = ["routes", "decode_predict", "softmax_scores"]
 
@@ -35,29 +44,31 @@ def routes(ctx: Context) -> list[Route]:
 
     async def run(request: Request, verb: str) -> Response:
         p = request.path_params
-        payload = read_json(await read_body(request, ctx.body_limit))
-        mv = repo.get(p["name"], p.get("version"), p.get("label"))
-        request.state.version = mv.version
+        async with request_body(request, ctx) as body:
+            payload = await body.decode(read_json, body.data)
+            mv = repo.get(p["name"], p.get("version"), p.get("label"))
+            request.state.version = mv.version
+            if verb == "predict":
+                inputs, columnar = await body.decode(decode_predict, payload, mv.inputs)
+            else:
+                inputs = await body.decode(_decode_examples, payload, mv.inputs)
+            del payload  # what is left of the body text goes now, before inference
         if verb == "predict":
-            inputs, columnar = decode_predict(payload, mv.inputs)
             outputs = await mv.infer(inputs)
-            return JSONResponse(_predict_answer(outputs, columnar))
-        inputs = _decode_examples(payload, mv.inputs)
+            return await respond(outputs, lambda: JSONResponse(_predict_answer(outputs, columnar)))
         if verb == "classify":
             if mv.task != "classification" and not mv.labels:
                 raise ServeError(
                     400, f"Model {mv.name!r} is not a classifier (task={mv.task!r}); use :predict."
                 )
             outputs = await mv.infer(inputs)
-            scores = softmax_scores(next(iter(outputs.values())))
-            labels = mv.labels or [str(i) for i in range(scores.shape[-1])]
-            return JSONResponse({"results": [list(zip(labels, row.tolist())) for row in scores]})
+            return await respond(outputs, lambda: _classify_answer(mv, outputs))
         outputs = await mv.infer(inputs)
         values = next(iter(outputs.values()))
         if values.size != values.shape[0]:
             raise ServeError(400, f"Model {mv.name!r} gives {values.shape[1:]} values per example; "
                              ":regress needs one. Use :predict.")  # fmt: skip
-        return JSONResponse({"results": values.reshape(-1)})
+        return await respond(outputs, lambda: JSONResponse({"results": values.reshape(-1)}))
 
     @endpoint(ctx, "tfserving")
     async def status(request: Request) -> Response:
@@ -122,6 +133,8 @@ def decode_predict(payload: dict, specs: list[TensorSpec]) -> tuple[dict[str, np
             return {k: _array(k, v, specs) for k, v in data.items()}, True
         return {_only(specs): _array(_only(specs), data, specs)}, True
     rows = payload["instances"]
+    if isinstance(rows, RawArray):  # a big array of numbers: one input's rows
+        return {_only(specs): _array(_only(specs), rows, specs)}, False
     if not isinstance(rows, list) or not rows:
         raise ServeError(400, "'instances' must be a non-empty list.")
     if all(isinstance(r, dict) for r in rows):
@@ -159,6 +172,12 @@ def _decode_examples(payload: dict, specs: list[TensorSpec]) -> dict[str, np.nda
     return {s.name: _array(s.name, [_field(e, s.name) for e in merged], specs) for s in specs}
 
 
+def _classify_answer(mv: Any, outputs: dict[str, np.ndarray]) -> Response:
+    scores = softmax_scores(next(iter(outputs.values())))
+    labels = mv.labels or [str(i) for i in range(scores.shape[-1])]
+    return JSONResponse({"results": [list(zip(labels, row.tolist())) for row in scores]})
+
+
 def _predict_answer(outputs: dict[str, np.ndarray], columnar: bool) -> dict[str, Any]:
     if columnar:
         return {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}
@@ -172,11 +191,12 @@ def _array(name: str, value: Any, specs: list[TensorSpec]) -> np.ndarray:
     spec = next((s for s in specs if s.name == name), None)
     if spec is None:
         raise ServeError(
-            400, f"Unknown input {name!r}. The model takes: {', '.join(s.name for s in specs)}."
+            400,
+            f"Unknown input {brief(name)}. The model takes: {', '.join(s.name for s in specs)}.",
         )
     array = values_array(name, spec.datatype, value)
     if array.ndim == 0:
-        raise ServeError(400, f"Input {name!r}: expected a list of values, received a scalar.")
+        raise ServeError(400, f"Input {brief(name)}: expected a list of values, received a scalar.")
     return array
 
 
@@ -189,7 +209,7 @@ def _only(specs: list[TensorSpec]) -> str:
 
 def _field(row: dict, name: str) -> Any:
     if not isinstance(row, dict) or name not in row:
-        raise ServeError(400, f"Every instance/example needs the input {name!r}.")
+        raise ServeError(400, f"Every instance/example needs the input {brief(name)}.")
     return row[name]
 
 
@@ -197,10 +217,7 @@ def _pick_version(repo: Any, p: dict) -> int | None:
     if p.get("label") is not None:
         return repo.get(p["name"], label=p["label"]).version
     if p.get("version") is not None:
-        version = p["version"]
-        if not version.isdigit():
-            raise ServeError(400, f"Invalid version {version!r}: expected a non-negative integer.")
-        return int(version)
+        return parse_version(p["version"])
     return None
 
 

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 FORMAT = "ember.package"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: several named inputs/outputs of any dtype, dynamic axes
 MANIFEST = "ember.json"
 WEIGHTS = "weights.safetensors"
 PROGRAM = "model.pt2"
