@@ -195,7 +195,7 @@ def _add_demo(sub: Any) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ember.demo_run import run_demo
+    from ember.cli_demo import run_demo
 
     return run_demo(args, train=_train, console=_console())
 
