@@ -14,8 +14,8 @@ from typing import Any
 
 from ember.serve.batching import BatchingConfig
 from ember.serve.errors import ServeError
-from ember.serve.repository import ModelRepository
 from ember.serve.model_version import ModelVersion, Runtime
+from ember.serve.repository import ModelRepository
 from ember.serve.tensors import TensorSpec
 
 __all__ = [

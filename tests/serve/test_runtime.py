@@ -153,8 +153,8 @@ def test_big_runs_shrink_the_arena_and_small_runs_do_not(mlp_onnx: Path) -> None
     runtime = _OrtRuntime(mlp_onnx)
     used = []
     fast = runtime._fast_run
-    runtime._fast_run = lambda names, feed, options: used.append(options) or fast(
-        names, feed, options
+    runtime._fast_run = lambda names, feed, options: (
+        used.append(options) or fast(names, feed, options)
     )
     small = {"input": np.ones((2, 4), np.float32)}
     big = {"input": np.ones((SHRINK_ARENA_BYTES // 16 + 1, 4), np.float32)}  # just over
