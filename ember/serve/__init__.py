@@ -15,6 +15,7 @@ from typing import Any
 from ember.serve.batching import BatchingConfig
 from ember.serve.errors import ServeError
 from ember.serve.model_version import ModelVersion, Runtime
+from ember.serve.options import ServeOptions
 from ember.serve.repository import ModelRepository
 from ember.serve.tensors import TensorSpec
 
@@ -25,6 +26,7 @@ __all__ = [
     "Runtime",
     "ServeError",
     "ServeMetrics",
+    "ServeOptions",
     "TensorSpec",
     "build_app",
     "build_management_app",
