@@ -5,13 +5,17 @@ group (``ember.serve.scale``) and the CLI.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ember.serve.batching import BatchingConfig
 
-__all__ = ["ServeOptions"]
+__all__ = ["ServeOptions", "option_keywords"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -128,3 +132,35 @@ class ServeOptions:
     def from_dict(cls, data: dict[str, Any]) -> ServeOptions:
         """Options from ``to_dict``'s output (unknown keys raise a ``TypeError``)."""
         return cls().replace(caller="ServeOptions.from_dict", **data)
+
+
+def option_keywords(defaults: ServeOptions) -> Callable[[_F], _F]:
+    """Shows every ``ServeOptions`` field as a keyword of the decorated ``f(..., **kwargs)``.
+
+    ``inspect.signature``, ``help()`` and IDEs then list ``host=``, ``port=`` ... with the
+    defaults of ``defaults`` in place of ``**kwargs``; the function still receives them in
+    ``kwargs`` and builds its options with ``ServeOptions.build``.
+
+    Example:
+        >>> @option_keywords(ServeOptions())
+        ... def start(path, options=None, **kwargs): ...
+        >>> inspect.signature(start).parameters["port"].default
+        8080
+    """
+
+    def decorate(func: _F) -> _F:
+        signature = inspect.signature(func)
+        params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        params += [
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=getattr(defaults, f.name),
+                annotation=f.type,
+            )  # fmt: skip
+            for f in dataclasses.fields(ServeOptions)
+        ]
+        func.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        return func
+
+    return decorate

@@ -15,13 +15,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ember.serve.options import ServeOptions
+from ember.serve.options import ServeOptions, option_keywords
 
 __all__ = ["ServeOptions", "serve", "run", "loop_factory"]
 
 logger = logging.getLogger(__name__)
 
 
+@option_keywords(ServeOptions())
 def serve(path: str | os.PathLike, options: ServeOptions | None = None, **kwargs: Any) -> int:
     """Serves a model repository until SIGTERM or SIGINT; returns the exit code (0).
 
@@ -71,6 +72,7 @@ def serve(path: str | os.PathLike, options: ServeOptions | None = None, **kwargs
 _RUN_DEFAULTS = ServeOptions(grpc_port=None, management_port=None)
 
 
+@option_keywords(_RUN_DEFAULTS)
 async def run(
     path: str | os.PathLike,
     *,

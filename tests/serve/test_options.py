@@ -58,3 +58,14 @@ def test_a_worker_group_writes_every_option_for_its_workers(template_repo, tmp_p
     assert worker.body_timeout == 7.5 and worker.max_batch_size == 4 and worker.strict_readiness
     assert worker.token == group.token and worker.management_port == 0 and worker.workers == 1
     assert worker.port == int(group.urls["rest"].rsplit(":", 1)[1])
+
+
+def test_serve_and_run_show_every_option_as_a_keyword() -> None:
+    import inspect
+
+    serve_params = inspect.signature(ember.serve.serve).parameters
+    run_params = inspect.signature(ember.serve.run).parameters
+    for name in ServeOptions.names():
+        assert serve_params[name].default == getattr(ServeOptions(), name)
+        assert name in run_params
+    assert run_params["grpc_port"].default is None  # run() leaves gRPC off unless asked
