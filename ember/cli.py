@@ -362,7 +362,7 @@ def _add_serve(sub: Any) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from ember.serve import serve
+    from ember.serve import ServeOptions, serve
 
     if not args.path.exists():
         raise ValueError(
@@ -372,8 +372,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return _serve_ray(args)
     grpc_port, management_port = serve_ports(args.port, args.grpc_port, args.management_port)
     logging.getLogger("ember.serve").setLevel(logging.INFO)  # where it listens, what it loaded
-    return serve(
-        args.path,
+    options = ServeOptions(
         host=args.host,
         port=args.port,
         grpc_port=None if args.no_grpc else grpc_port,
@@ -392,6 +391,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         strict_readiness=args.strict_readiness,
         workers=args.workers,
     )
+    return serve(args.path, **options.to_dict())  # keywords: what serve(path, **kwargs) takes
 
 
 def _serve_ray(args: argparse.Namespace) -> int:
