@@ -130,42 +130,39 @@ def _add_train(sub: Any) -> None:
 def _train(args: argparse.Namespace) -> dict:
     from ember.demo import train_digits
 
-    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
-    return train_digits(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        output=args.output,
-        seed=args.seed,
-        progress=not args.no_progress,
-        precision=args.precision,
-        devices=devices,
-        strategy=args.strategy,
-        num_nodes=args.num_nodes,
-    )
+    return train_digits(output=args.output, **_fit_options(args))
 
 
 def _train_files(args: argparse.Namespace) -> dict:
     from ember.train_files import train_files
 
-    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     return train_files(
         args.data,
         target=args.target,
         task=args.task,
         model=args.model,
         image_size=tuple(args.image_size),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
         output=args.output or Path("ember_output"),
-        seed=args.seed,
-        progress=not args.no_progress,
-        precision=args.precision,
-        devices=devices,
-        strategy=args.strategy,
-        num_nodes=args.num_nodes,
+        **_fit_options(args),
     )
+
+
+def _fit_options(args: argparse.Namespace) -> dict:
+    """The training options `ember train` shares between the digits and the user's files."""
+    devices = args.devices
+    if str(devices).isascii() and str(devices).isdigit():
+        devices = int(devices)
+    return {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "progress": not args.no_progress,
+        "precision": args.precision,
+        "devices": devices,
+        "strategy": args.strategy,
+        "num_nodes": args.num_nodes,
+    }
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -205,7 +202,7 @@ def _add_demo(sub: Any) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ember.demo_run import run_demo
+    from ember.cli_demo import run_demo
 
     return run_demo(args, train=_train, console=_console())
 

@@ -4,30 +4,11 @@
 // Usage: node browser_check.mjs URL NPM_DIR CHROMIUM PROFILE_DIR SCREENSHOT
 //   NPM_DIR: a folder whose node_modules holds playwright-core (never downloads a browser).
 // Prints {"dims", "outputs", "labels", "bad_input_error", "shown", "drawn", "errors"} as JSON on stdout.
-import { createRequire } from 'node:module';
-import { join, resolve } from 'node:path';
+import { openPage } from '../../js/chromium.mjs';
 
-const [url, npmDir, chromium, profile, screenshot] = process.argv.slice(2);
-if (!screenshot) {
-  console.error('usage: node browser_check.mjs URL NPM_DIR CHROMIUM PROFILE_DIR SCREENSHOT');
-  process.exit(2);
-}
-const { chromium: launcher } = createRequire(join(resolve(npmDir), 'package.json'))('playwright-core');
-const context = await launcher.launchPersistentContext(profile, {
-  executablePath: chromium,
-  headless: true,
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-    '--no-first-run', '--disable-component-update', '--disable-sync', '--disable-quic',
-  ],
-  viewport: { width: 900, height: 480 },
-  timeout: 60000,
-});
-const errors = [];
+const { args, page, errors, close } = await openPage('browser_check.mjs', { width: 900, height: 480 });
+const { url, screenshot } = args;
 try {
-  const page = context.pages()[0] || (await context.newPage());
-  page.on('pageerror', (err) => errors.push(String(err)));
-  page.on('console', (msg) => { if (msg.type() === 'error') errors.push(msg.text()); });
   await page.goto(url, { waitUntil: 'load' });
   const result = await page.evaluate(async () => {
     const { model, samples } = await window.emberReady;
@@ -61,5 +42,5 @@ try {
   await page.screenshot({ path: screenshot, fullPage: true });
   process.stdout.write(JSON.stringify(result));
 } finally {
-  await context.close();
+  await close();
 }

@@ -4,26 +4,10 @@
 //
 // Usage: node tfjs_browser_check.mjs URL NPM_DIR CHROMIUM PROFILE_DIR SCREENSHOT
 // Prints {"predicted", "labels", "before", "after", "losses", "errors"} as JSON on stdout.
-import { createRequire } from 'node:module';
-import { join, resolve } from 'node:path';
+import { openPage } from '../../js/chromium.mjs';
 
-const [url, npmDir, chromium, profile, screenshot] = process.argv.slice(2);
-if (!screenshot) {
-  console.error('usage: node tfjs_browser_check.mjs URL NPM_DIR CHROMIUM PROFILE_DIR SCREENSHOT');
-  process.exit(2);
-}
-const { chromium: launcher } = createRequire(join(resolve(npmDir), 'package.json'))('playwright-core');
-const context = await launcher.launchPersistentContext(profile, {
-  executablePath: chromium,
-  headless: true,
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-    '--no-first-run', '--disable-component-update', '--disable-sync', '--disable-quic',
-  ],
-  viewport: { width: 900, height: 600 },
-  timeout: 60000,
-});
-const errors = [];
+const { args, page, errors, close } = await openPage('tfjs_browser_check.mjs', { width: 900, height: 600 });
+const { url, screenshot } = args;
 // Strokes in the canvas's unit square: a bar, a slash, a box and a cross.
 const strokes = [
   [[[0.5, 0.1], [0.5, 0.9]]],
@@ -32,9 +16,6 @@ const strokes = [
   [[[0.2, 0.2], [0.8, 0.8]], [[0.8, 0.2], [0.2, 0.8]]],
 ];
 try {
-  const page = context.pages()[0] || (await context.newPage());
-  page.on('pageerror', (err) => errors.push(String(err)));
-  page.on('console', (msg) => { if (msg.type() === 'error') errors.push(msg.text()); });
   await page.goto(url, { waitUntil: 'load' });
   await page.evaluate(() => window.emberTfjsReady);
   const box = await page.locator('#draw').boundingBox();
@@ -69,5 +50,5 @@ try {
   result.errors = errors;
   process.stdout.write(JSON.stringify(result));
 } finally {
-  await context.close();
+  await close();
 }

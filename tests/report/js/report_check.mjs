@@ -6,31 +6,12 @@
 //   NPM_DIR: a folder whose node_modules holds playwright-core (never downloads a browser).
 // Prints {"charts", "drawn", "paths", "tip", "zoomed", "smoothed", "clipped", "requests", "errors"}
 // as JSON on stdout.
-import { createRequire } from 'node:module';
-import { join, resolve } from 'node:path';
+import { openPage } from '../../js/chromium.mjs';
 
-const [url, npmDir, chromium, profile, screenshot] = process.argv.slice(2);
-if (!screenshot) {
-  console.error('usage: node report_check.mjs URL NPM_DIR CHROMIUM PROFILE_DIR SCREENSHOT');
-  process.exit(2);
-}
-const { chromium: launcher } = createRequire(join(resolve(npmDir), 'package.json'))('playwright-core');
-const context = await launcher.launchPersistentContext(profile, {
-  executablePath: chromium,
-  headless: true,
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-    '--no-first-run', '--disable-component-update', '--disable-sync', '--disable-quic',
-  ],
-  viewport: { width: 1200, height: 900 },
-  timeout: 60000,
-});
-const errors = [];
+const { args, page, errors, close } = await openPage('report_check.mjs', { width: 1200, height: 900 });
+const { url, screenshot } = args;
 const requests = [];
 try {
-  const page = context.pages()[0] || (await context.newPage());
-  page.on('pageerror', (err) => errors.push(String(err)));
-  page.on('console', (msg) => { if (msg.type() === 'error') errors.push(msg.text()); });
   page.on('request', (req) => { if (!req.url().startsWith('file:')) requests.push(req.url()); });
   await page.goto(url, { waitUntil: 'load' });
   const result = await page.evaluate(() => {
@@ -83,5 +64,5 @@ try {
   await page.screenshot({ path: screenshot, fullPage: true });
   process.stdout.write(JSON.stringify(result));
 } finally {
-  await context.close();
+  await close();
 }
