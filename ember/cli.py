@@ -70,7 +70,9 @@ def _command(
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    # soft_wrap: a long message or path stays on one line (rich would break it at 80 columns when
+    # the output is a pipe or a file), so it can be read whole and copied
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 # -- train ----------------------------------------------------------------------------------------
@@ -87,7 +89,12 @@ def _training_options(p: argparse.ArgumentParser, epochs: int = 15) -> None:
     )
     p.add_argument("--strategy", default="auto", help="auto, ddp or fsdp (default auto)")
     p.add_argument("--num-nodes", type=_positive_int, default=1, help="machines (use torchrun)")
-    p.add_argument("--output", type=Path, default=Path("demo_output"), help="output directory")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=Path("demo_output"),
+        help="output directory (default demo_output; ember train DATA: ember_output)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
