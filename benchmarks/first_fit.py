@@ -96,9 +96,9 @@ def _time_fixed_parts() -> dict[str, list[float]]:
     """Wrap the fixed per-fit work of a fit to time it: {part: [seconds per fit]}."""
     import functools
 
-    from ember.report.callback import ReportCallback
-    from ember.train import loop_state
+    from ember.train import trainer as trainer_module
     from ember.train.loggers import TensorBoardLogger
+    from ember.train.report_callback import ReportCallback
     from ember.train.trainer import Trainer
 
     parts: dict[str, list[float]] = {}
@@ -110,7 +110,7 @@ def _time_fixed_parts() -> dict[str, list[float]]:
             (TensorBoardLogger, "log_graph"),
             (TensorBoardLogger, "finalize"),
         ],
-        "run record": [(loop_state, "write_run_record")],
+        "run record": [(trainer_module, "write_run_record")],
         "final checkpoint": [(Trainer, "save_checkpoint")],
     }
     fit_count = [0]

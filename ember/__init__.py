@@ -14,7 +14,7 @@ from ember.train import (
     TensorBoardLogger,
     Trainer,
 )
-from ember.train.steps import compile
+from ember.train.compile import compile
 
 __version__ = "0.1.0"
 

@@ -70,7 +70,9 @@ def _command(
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    # soft_wrap: a long message or path stays on one line (rich would break it at 80 columns when
+    # the output is a pipe or a file), so it can be read whole and copied
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 # -- train ----------------------------------------------------------------------------------------
@@ -87,7 +89,12 @@ def _training_options(p: argparse.ArgumentParser, epochs: int = 15) -> None:
     )
     p.add_argument("--strategy", default="auto", help="auto, ddp or fsdp (default auto)")
     p.add_argument("--num-nodes", type=_positive_int, default=1, help="machines (use torchrun)")
-    p.add_argument("--output", type=Path, default=Path("demo_output"), help="output directory")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=Path("demo_output"),
+        help="output directory (default demo_output; ember train DATA: ember_output)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -195,7 +202,7 @@ def _add_demo(sub: Any) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ember.demo_run import run_demo
+    from ember.cli_demo import run_demo
 
     return run_demo(args, train=_train, console=_console())
 
@@ -362,7 +369,7 @@ def _add_serve(sub: Any) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from ember.serve import serve
+    from ember.serve import ServeOptions, serve
 
     if not args.path.exists():
         raise ValueError(
@@ -372,8 +379,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return _serve_ray(args)
     grpc_port, management_port = serve_ports(args.port, args.grpc_port, args.management_port)
     logging.getLogger("ember.serve").setLevel(logging.INFO)  # where it listens, what it loaded
-    return serve(
-        args.path,
+    options = ServeOptions(
         host=args.host,
         port=args.port,
         grpc_port=None if args.no_grpc else grpc_port,
@@ -392,6 +398,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         strict_readiness=args.strict_readiness,
         workers=args.workers,
     )
+    return serve(args.path, **options.to_dict())  # keywords: what serve(path, **kwargs) takes
 
 
 def _serve_ray(args: argparse.Namespace) -> int:

@@ -20,11 +20,12 @@ __all__ = ["Model", "Sequential"]
 log = logging.getLogger(__name__)
 
 
-class Model(nn.Module):
+class Model(steps.DefaultSteps, nn.Module):
     """A `torch.nn.Module` with Keras's training API. Subclass it and write `forward`.
 
     Override `train_step`, `validation_step` or `predict_step` (each returns a logs dict with a
-    "loss" tensor, or the prediction) and `configure_optimizers` for full control.
+    "loss" tensor, or the prediction; the defaults come from `ember.train.steps.DefaultSteps`)
+    and `configure_optimizers` for full control.
 
     Example:
         >>> class Net(ember.Model):
@@ -46,18 +47,6 @@ class Model(nn.Module):
     ) -> None:
         """Set the optimizer, loss and metrics; see `ember.compile` for every argument."""
         steps.compile(self, optimizer, loss, metrics, **kwargs)
-
-    def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
-        """One training batch -> logs with a "loss" tensor (the Trainer runs backward)."""
-        return steps.default_train_step(self, batch)
-
-    def validation_step(self, batch: Any) -> dict[str, torch.Tensor]:
-        """One validation batch -> logs ("loss"); compiled metrics are updated."""
-        return steps.default_validation_step(self, batch)
-
-    def predict_step(self, batch: Any) -> torch.Tensor:
-        """One batch -> the model's output."""
-        return steps.default_predict_step(self, batch)
 
     def fit(
         self,
@@ -112,12 +101,14 @@ class Model(nn.Module):
             else None
         )
         self._fit_sample = _sample_inputs(train_loader)  # lets save() trace without example_input
+        # lazy: fit drives the Trainer, which builds on Model
         from ember.train.trainer import Trainer
 
         trainer_kwargs.setdefault("enable_progress_bar", verbose)
         self.trainer = Trainer(max_epochs=epochs, callbacks=callbacks, **trainer_kwargs)
         if class_weight is None and sample_weight is None:
             return self.trainer.fit(self, train_loader, val_loader)
+        # lazy: weighting is part of the training run fit starts, like the Trainer above
         from ember.train.sample_weights import class_weight_tensor, weighted_train_step
 
         table = class_weight_tensor(class_weight) if class_weight is not None else None
@@ -190,7 +181,7 @@ class Model(nn.Module):
         sample of inputs the last `fit` kept (up to 64 rows of its training data, also stored as
         the package's parity sample unless `sample_inputs` is given).
         """
-        from ember import package
+        from ember import package  # lazy: save writes a model package, which builds on Model
 
         sample = getattr(self, "_fit_sample", None)  # CPU tensors, as the model is saved on CPU
         if sample is not None:
@@ -349,7 +340,7 @@ def _fit_data(x: Any, y: Any, validation_split: float | None, validation_data: A
 
 def _with_sample_weight(train: Any, x: Any, y: Any, sample_weight: Any) -> Any:
     """The training set yielding `(x, (y, w))`; the weights follow a validation split's indices."""
-    from ember.train.sample_weights import WeightedDataset
+    from ember.train.sample_weights import WeightedDataset  # lazy: see Model.fit
 
     if y is None:
         raise ValueError(
@@ -399,7 +390,7 @@ def _device_of(module: nn.Module) -> torch.device:
 
 
 def _quiet_trainer(model: Model):
-    from ember.train.trainer import Trainer
+    from ember.train.trainer import Trainer  # lazy: see Model.fit
 
     accelerator = getattr(getattr(model, "trainer", None), "device", None)
     return Trainer(

@@ -46,6 +46,23 @@ def test_bad_paths_give_a_clear_error(argv, message, capsys):
     assert "Traceback" not in err
 
 
+def test_a_long_error_stays_on_one_line(capsys):
+    # rich breaks lines at 80 columns when stderr is not a terminal; an error naming a long path
+    # must stay one line that can be read whole and copied
+    missing = "no/such/" + "deeply_nested_directory/" * 4 + "repository"
+    assert main(["serve", missing]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error:") and missing in lines[0]
+
+
+def test_train_help_names_both_output_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "default demo_output" in out and "ember_output" in out
+
+
 def test_bad_option_values_are_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--epochs", "0"])

@@ -33,7 +33,8 @@ def inspect_text(path: str | os.PathLike) -> str:
     """
     m = read_manifest(path)
     signature = m["signature"]
-    lines = [f"{m.get('name')}  (task: {m.get('task')}, format {m['format_version']})"]
+    task = m.get("task") or "not set"  # ember.save(..., task=...) sets it
+    lines = [f"{m.get('name')}  (task: {task}, format {m['format_version']})"]
     for kind in ("inputs", "outputs"):
         for spec in signature[kind]:
             lines.append(f"  {kind[:-1]:<6} {spec['name']}: {spec['dtype']} {spec['shape']}")

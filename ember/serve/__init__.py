@@ -14,16 +14,19 @@ from typing import Any
 
 from ember.serve.batching import BatchingConfig
 from ember.serve.errors import ServeError
+from ember.serve.model_version import ModelVersion, Runtime
+from ember.serve.options import ServeOptions
 from ember.serve.repository import ModelRepository
-from ember.serve.runtime import ModelVersion
 from ember.serve.tensors import TensorSpec
 
 __all__ = [
     "BatchingConfig",
     "ModelRepository",
     "ModelVersion",
+    "Runtime",
     "ServeError",
     "ServeMetrics",
+    "ServeOptions",
     "TensorSpec",
     "build_app",
     "build_management_app",

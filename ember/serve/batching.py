@@ -199,11 +199,8 @@ class Batcher:
         self._running += 1
         try:
             outputs, compute = await self._call(loop, inputs)
-        except ServeError:
-            raise
         except Exception as exc:
-            logger.exception("Inference failed")
-            raise ServeError(500, f"Inference failed: {exc}") from None
+            raise failure(exc) from None
         finally:
             self._running -= 1
             if self._queue:  # a request queued meanwhile waits for this slot
@@ -299,12 +296,12 @@ class Batcher:
             merged = {n: np.concatenate([r.inputs[n] for r in batch]) for n in names}
         try:
             outputs, compute = await self._call(loop, merged)
-        except Exception as exc:  # the model failed: every request of the batch gets the error
-            logger.exception("Batch of %d request(s) failed", len(batch))
-            error = (
-                exc if isinstance(exc, ServeError) else ServeError(500, f"Inference failed: {exc}")
-            )
-            for r in batch:
+        except Exception as exc:
+            error = failure(exc)
+            if error.status == 400 and len(batch) > 1:  # one bad request: only it gets the 400
+                await self._one_by_one(loop, batch)
+                return
+            for r in batch:  # the model failed: every request of the batch gets the error
                 if not r.future.done():
                     r.future.set_exception(error)
             return
@@ -314,6 +311,16 @@ class Batcher:
                 self._wakeup.set()
         self._deliver(batch, outputs)
         self._done(sum(r.rows for r in batch), queued, compute)
+
+    async def _one_by_one(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
+        for r in batch:
+            try:
+                outputs, _ = await self._call(loop, r.inputs)
+            except Exception as exc:
+                if not r.future.done():
+                    r.future.set_exception(failure(exc))
+                continue
+            self._deliver([r], outputs)
 
     def _done(self, rows: int, queued: list[float], compute: float) -> None:
         if self._observe is not None:
@@ -357,3 +364,24 @@ class Batcher:
         start = self._clock()
         outputs = self._run(inputs)
         return outputs, self._clock() - start
+
+
+# What runtimes raise for an input the model cannot take (a token id past the vocabulary, a
+# sequence past the positions it was built for): ONNX Runtime's InvalidArgument, torch's IndexError.
+_CLIENT_ERRORS = ("InvalidArgument", "IndexError")
+
+
+def failure(exc: Exception) -> ServeError:
+    """The answer for a failed model call: 400 when the input was at fault, else 500 (logged).
+
+    Example:
+        >>> failure(IndexError("index out of range in self")).status
+        400
+    """
+    if isinstance(exc, ServeError):
+        return exc
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if any(cls.__name__ in _CLIENT_ERRORS for cls in type(exc).__mro__):
+        return ServeError(400, f"The model cannot take this input: {first[:300]}")
+    logger.error("Inference failed", exc_info=exc)
+    return ServeError(500, f"Inference failed: {first}")

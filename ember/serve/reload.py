@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from ember.serve.batching import BatchingConfig
+from ember.serve.model_version import ModelVersion
 from ember.serve.routing import ModelRoutes, VersionEntry
-from ember.serve.runtime import ModelVersion, load_version
+from ember.serve.runtime import load_version
 from ember.serve.versions import (
     DEFAULT_POLICY,
     Layout,
@@ -29,47 +30,114 @@ from ember.serve.versions import (
     scan,
 )
 
-__all__ = ["RepositorySync"]
+__all__ = ["Reloader"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_ERROR = 1000  # characters of a load error kept for the status APIs
 
 
-class RepositorySync:
-    """The disk-sync half of ``ModelRepository`` (a mixin: it works on the repository's state).
+class Reloader:
+    """Keeps a repository's loaded versions in step with the disk (owned by ``ModelRepository``).
 
-    ``_sync`` scans and plans; ``_watch`` repeats it every ``poll_interval`` seconds.
+    The repository owns the routing table (``models``, one ``ModelRoutes`` per name) and the set
+    of names unloaded through the management API (``unloaded``); the reloader fills and updates
+    them, and owns what only hot reload needs: the scan state, the loader threads, the lock that
+    orders scans, and the background loads.
+
+    Args:
+        root: the repository root (or the single package / ``.onnx`` file).
+        models: the repository's routing table, updated in place.
+        unloaded: names the watcher leaves alone (read only).
+        executor: the inference thread pool the loaded versions run on.
+        single: ``root`` is one model (served as version 1), not a repository.
+        runtime: ``"auto"``, ``"onnxruntime"`` or ``"torch"``.
+        batching: dynamic batching settings, None for none.
+        version_policy: per model name, parsed policies overriding ``config.json``.
+        metrics: a ``ServeMetrics`` or None.
+        drain_timeout: seconds an old version may take to finish its in-flight requests.
+        retire_gate: ``await retire_gate(name, versions)`` before retiring replaced versions.
+
+    Example:
+        >>> reloader = Reloader(root, models, set(), executor)  # doctest: +SKIP
+        >>> await reloader.sync(immediate=True)  # doctest: +SKIP
     """
 
-    root: Path
-    poll_interval: float | None
-    runtime: str
-    batching: BatchingConfig | None
-    metrics: Any
-    drain_timeout: float
-    executor: ThreadPoolExecutor
-    _loader: ThreadPoolExecutor
-    _single: bool
-    _models: dict[str, ModelRoutes]
-    _unloaded: set[str]
-    _seen: dict[tuple[str, int], Any]
-    _background: set[asyncio.Future]
-    _policy_override: dict[str, dict]
-    _lock: asyncio.Lock | None
-    _refused: set[Path]
-    retire_gate: Callable[[str, list[int]], Awaitable[None]] | None
+    def __init__(
+        self,
+        root: Path,
+        models: dict[str, ModelRoutes],
+        unloaded: set[str],
+        executor: Executor,
+        *,
+        single: bool = False,
+        runtime: str = "auto",
+        batching: BatchingConfig | None = None,
+        version_policy: dict[str, dict] | None = None,
+        metrics: Any = None,
+        drain_timeout: float = 30.0,
+        retire_gate: Callable[[str, list[int]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.root = root
+        self.executor = executor
+        self.single = single
+        self.runtime = runtime
+        self.batching = batching
+        self.metrics = metrics
+        self.drain_timeout = drain_timeout
+        self.retire_gate = retire_gate
+        self._models = models
+        self._unloaded = unloaded
+        self._policy_override = version_policy or {}
+        self._loader = ThreadPoolExecutor(2, thread_name_prefix="ember-load")
+        self._seen: dict[tuple[str, int], Any] = {}  # first sighting of a fingerprint (stability)
+        self._refused: set[Path] = set()  # symlinks out of the repository, logged once
+        self._background: set[asyncio.Future] = set()
+        self._lock: asyncio.Lock | None = None
+        self._watcher: asyncio.Task | None = None
 
-    async def _watch(self) -> None:
+    async def start(self, poll_interval: float | None) -> None:
+        """Loads every model now (waiting), then scans every ``poll_interval`` s (0/None: never)."""
+        self._lock = asyncio.Lock()
+        await self.sync(immediate=True)
+        if poll_interval:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(poll_interval))
+
+    async def stop(self) -> None:
+        """Stops the watcher, cancels loads, retires every version and frees the loader threads."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
+        for model in self._models.values():
+            for entry in model.entries.values():
+                if entry.task is not None:
+                    entry.task.cancel()
+            await self.retire_all(model)
+        self._loader.shutdown(wait=False, cancel_futures=True)
+
+    async def retire_all(self, model: ModelRoutes) -> None:
+        """Drains and unloads every version of ``model``."""
+        await asyncio.gather(*(self._retire(model, v) for v in list(model.entries)))
+
+    async def _watch(self, poll_interval: float) -> None:
         while True:
-            await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(poll_interval)
             try:
-                await self._sync(immediate=False)
+                await self.sync(immediate=False)
             except Exception:  # a bad scan must never stop the watcher
                 logger.exception("Repository scan failed")
 
-    async def _sync(self, *, immediate: bool, only: str | None = None) -> None:
-        """Scans the disk and loads/retires what changed (``immediate``: now, and wait)."""
+    async def sync(self, *, immediate: bool, only: str | None = None) -> None:
+        """Scans the disk and loads/retires what changed (``immediate``: now, and wait).
+
+        Args:
+            immediate: load new versions now and wait for them; otherwise a version loads
+                once its files stopped changing between two scans, in the background.
+            only: scan only this model name.
+        """
+        if self._lock is None:
+            self._lock = asyncio.Lock()
         async with self._lock:
             loop = asyncio.get_running_loop()
             layout, pending = await loop.run_in_executor(self._loader, self._scan)
@@ -90,7 +158,7 @@ class RepositorySync:
                 task.add_done_callback(self._background.discard)
 
     def _scan(self) -> tuple[Layout, dict[str, dict[int, str]]]:
-        layout = scan(self.root, self._single, self._refuse)
+        layout = scan(self.root, self.single, self._refuse)
         return layout, pending_versions(layout)
 
     def _refuse(self, path: Path, reason: str) -> None:
@@ -147,7 +215,7 @@ class RepositorySync:
 
     async def _remove(self, name: str, model: ModelRoutes) -> None:
         """Unloads a model whose directory left the disk, then forgets it (readiness too)."""
-        await asyncio.gather(*(self._retire(model, v) for v in list(model.entries)))
+        await self.retire_all(model)
         if self._models.get(name) is model and all(
             e.state == "END" for e in model.entries.values()
         ):
@@ -158,7 +226,7 @@ class RepositorySync:
 
     def _config(self, name: str) -> tuple[dict, dict[str, int]]:
         override = self._policy_override.get(name)
-        if self._single:
+        if self.single:
             return override or DEFAULT_POLICY, {}
         return read_config(self.root / name, override)
 

@@ -18,12 +18,12 @@ unloaded. Readiness (``ready``) follows Triton's ``--strict-readiness`` switch, 
 
 The parts live by concept: ``versions`` (disk layout, version policy), ``routing`` (which version
 serves a request: default, pinned, labels, canary) and ``reload`` (the watcher keeping the loaded
-versions in step with the disk). ``ModelRepository`` ties them together behind one API.
+versions in step with the disk: a ``Reloader`` the repository owns). ``ModelRepository`` ties
+them together behind one API.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -33,9 +33,10 @@ from typing import Any
 
 from ember.serve.batching import BatchingConfig
 from ember.serve.errors import ServeError
-from ember.serve.reload import RepositorySync
+from ember.serve.model_version import ModelVersion
+from ember.serve.reload import Reloader
 from ember.serve.routing import ModelRoutes
-from ember.serve.runtime import RUNTIMES, ModelVersion
+from ember.serve.runtime import RUNTIMES
 from ember.serve.versions import (
     check_model_name,
     is_version_dir,
@@ -49,7 +50,7 @@ __all__ = ["ModelRepository", "check_model_name"]
 logger = logging.getLogger(__name__)
 
 
-class ModelRepository(RepositorySync):
+class ModelRepository:
     """Models on disk, loaded, versioned and kept in sync with the disk.
 
     Args:
@@ -102,43 +103,30 @@ class ModelRepository(RepositorySync):
         self.drain_timeout = drain_timeout
         self.strict_readiness = bool(strict_readiness)
         self.retire_gate = retire_gate
-        self._policy_override = {k: parse_policy(v, k) for k, v in (version_policy or {}).items()}
+        policies = {k: parse_policy(v, k) for k, v in (version_policy or {}).items()}
         self._single = self.root.is_file() or is_version_dir(self.root)
-        self._models: dict[str, ModelRoutes] = {}
-        self._unloaded: set[str] = set()
-        self._seen: dict[tuple[str, int], Any] = {}  # first sighting of a fingerprint (stability)
-        self._refused: set[Path] = set()  # symlinks out of the repository, logged once
+        self._models: dict[str, ModelRoutes] = {}  # filled and updated by the reloader
+        self._unloaded: set[str] = set()  # unloaded through the management API
         workers = threads or max(4, os.cpu_count() or 1)
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="ember-infer")
-        self._loader = ThreadPoolExecutor(2, thread_name_prefix="ember-load")
-        self._watcher: asyncio.Task | None = None
-        self._background: set[asyncio.Future] = set()
+        self._reloader = Reloader(
+            self.root, self._models, self._unloaded, self.executor, single=self._single,
+            runtime=runtime, batching=batching, version_policy=policies, metrics=metrics,
+            drain_timeout=drain_timeout, retire_gate=retire_gate,
+        )  # fmt: skip
         self._started = False
-        self._lock: asyncio.Lock | None = None
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         """Loads and warms every model (ready when done), then starts the watcher."""
-        self._lock = asyncio.Lock()
-        await self._sync(immediate=True)
+        await self._reloader.start(self.poll_interval)
         self._started = True
-        if self.poll_interval:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
         logger.info("Repository %s ready: %s", self.root, ", ".join(self._models) or "no models")
 
     async def stop(self) -> None:
         """Stops the watcher, drains every version and frees the runtimes."""
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
-            self._watcher = None
-        for model in self._models.values():
-            for entry in model.entries.values():
-                if entry.task is not None:
-                    entry.task.cancel()
-            await asyncio.gather(*(self._retire(model, v) for v in list(model.entries)))
+        await self._reloader.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
-        self._loader.shutdown(wait=False, cancel_futures=True)
         self._started = False
 
     @property
@@ -254,14 +242,14 @@ class ModelRepository(RepositorySync):
             )
         model_dir(self.root, name)  # 400 for a symlink out of the repository, 404 when missing
         self._unloaded.discard(name)
-        await self._sync(immediate=True, only=name)
+        await self._reloader.sync(immediate=True, only=name)
         return self.status(name)
 
     async def unload_model(self, name: str) -> list[dict]:
         """Stops serving a model: its versions drain and unload; the watcher leaves it alone."""
         model = self._model(name)
         self._unloaded.add(name)
-        await asyncio.gather(*(self._retire(model, v) for v in list(model.entries)))
+        await self._reloader.retire_all(model)
         return self.status(name)
 
     def set_default(self, name: str, version: int | str) -> None:

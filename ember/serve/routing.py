@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from ember.serve.errors import ServeError
-from ember.serve.runtime import ModelVersion
+from ember.serve.model_version import ModelVersion
 from ember.serve.versions import parse_version, select_versions
 
 __all__ = ["ModelRoutes", "VersionEntry"]

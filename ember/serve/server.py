@@ -15,65 +15,27 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ember.serve.batching import BatchingConfig
+from ember.serve.options import ServeOptions, option_keywords
 
-__all__ = ["serve", "run"]
+__all__ = ["ServeOptions", "serve", "run", "loop_factory"]
 
 logger = logging.getLogger(__name__)
 
 
-def serve(
-    path: str | os.PathLike,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    grpc_port: int | None = 8081,
-    management_host: str = "127.0.0.1",
-    management_port: int | None = 8082,
-    token: str | None = None,
-    token_file: str | os.PathLike | None = None,
-    poll_interval: float = 2.0,
-    max_batch_size: int = 32,
-    max_queue_delay_ms: float = 0.0,
-    adaptive_batching: bool = False,
-    target_p99_ms: float = 50.0,
-    body_limit: int = 64 * 1024 * 1024,
-    body_timeout: float | None = 60.0,
-    runtime: str = "auto",
-    grace_period: float = 30.0,
-    access_log: bool = False,
-    strict_readiness: bool = False,
-    workers: int | str = 1,
-) -> int:
+@option_keywords(ServeOptions())
+def serve(path: str | os.PathLike, options: ServeOptions | None = None, **kwargs: Any) -> int:
     """Serves a model repository until SIGTERM or SIGINT; returns the exit code (0).
 
     Args:
         path: a repository (``<name>/<version>/``), one package directory, a directory with only
             ``model.onnx``, or a ``.onnx`` file.
-        host: REST interface (KServe v2, TF Serving, TorchServe, /metrics, /docs).
-        port: REST port (0 picks a free one).
-        grpc_port: KServe v2 gRPC port on ``host`` (0 picks a free one); None turns gRPC off.
-        management_host: management interface; keep it local.
-        management_port: management port (0 picks a free one); None turns the management API off.
-        token: management bearer token; when None one is read from ``token_file`` or generated.
-        token_file: where the token is read from or written to (mode 0600).
-            Default ``~/.ember/serve-token``.
-        poll_interval: seconds between repository scans for hot reload; 0 turns it off.
-        max_batch_size: dynamic batching limit in rows; 1 turns batching off.
-        max_queue_delay_ms: how long a request may wait for a batch to fill.
-        adaptive_batching: size batches from measured latency to keep p99 under ``target_p99_ms``.
-        target_p99_ms: latency target of adaptive batching.
-        body_limit: largest request body in bytes (413 above it).
-        body_timeout: seconds a request body may take to arrive (408 after); None waits forever.
-        runtime: ``"auto"``, ``"onnxruntime"`` or ``"torch"``.
-        grace_period: seconds in-flight requests get to finish at shutdown.
-        access_log: log every request to the ``ember.serve.access`` logger (INFO); it costs about
-            a tenth of the throughput of a tiny model, so it is off by default.
-        strict_readiness: ``/v2/health/ready`` answers 200 only while every model has a version
-            serving (Triton's default); by default it does while at least one model serves, so
-            one failed or pending model does not take a replica out of service.
-        workers: server processes sharing the ports (``"auto"``: one per core); see
-            ``ember.serve.scale``. Each loads the whole repository.
+        options: a ``ServeOptions``; default ``ServeOptions()``.
+        **kwargs: any field of ``ServeOptions``, replacing that of ``options``: ``host``,
+            ``port``, ``grpc_port``, ``management_host``, ``management_port``, ``token``,
+            ``token_file``, ``poll_interval``, ``max_batch_size``, ``max_queue_delay_ms``,
+            ``adaptive_batching``, ``target_p99_ms``, ``body_limit``, ``body_timeout``,
+            ``runtime``, ``grace_period``, ``access_log``, ``strict_readiness``, ``workers``
+            (see ``ServeOptions`` for what each does).
 
     Returns:
         0 after a graceful shutdown.
@@ -81,16 +43,16 @@ def serve(
     Example:
         >>> serve("models", port=8080, grpc_port=8081)  # doctest: +SKIP
     """
-    options = {k: v for k, v in locals().items() if k not in ("path", "access_log", "workers")}
+    options = ServeOptions.build(options, kwargs, "serve")
     from ember.serve.scale.workers import resolve_workers, serve_workers
 
-    count = resolve_workers(workers)
+    count = resolve_workers(options.workers)
     if count > 1:
-        return serve_workers(path, workers=count, access_log=access_log, **options)
+        return serve_workers(path, workers=count, options=options)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("ember.serve.access").setLevel(
-        logging.INFO if access_log else logging.WARNING
+        logging.INFO if options.access_log else logging.WARNING
     )
 
     async def main() -> None:
@@ -98,37 +60,28 @@ def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run(path, stop=stop, freeze_heap=True, **options)
+        await run(path, stop=stop, freeze_heap=True, options=options)
 
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(main())
     return 0
 
 
+# run() embeds the server in a caller's loop (tests, notebooks): gRPC and management stay off
+# unless asked for.
+_RUN_DEFAULTS = ServeOptions(grpc_port=None, management_port=None)
+
+
+@option_keywords(_RUN_DEFAULTS)
 async def run(
     path: str | os.PathLike,
     *,
     stop: asyncio.Event,
     on_start: Callable[[dict[str, Any]], None] | None = None,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    grpc_port: int | None = None,
-    management_host: str = "127.0.0.1",
-    management_port: int | None = None,
-    token: str | None = None,
-    token_file: str | os.PathLike | None = None,
-    poll_interval: float = 2.0,
-    max_batch_size: int = 32,
-    max_queue_delay_ms: float = 0.0,
-    adaptive_batching: bool = False,
-    target_p99_ms: float = 50.0,
-    body_limit: int = 64 * 1024 * 1024,
-    body_timeout: float | None = 60.0,
-    runtime: str = "auto",
-    grace_period: float = 30.0,
     freeze_heap: bool = False,
-    strict_readiness: bool = False,
     member: Any = None,
+    options: ServeOptions | None = None,
+    **kwargs: Any,
 ) -> None:
     """Runs the server on the current loop until ``stop`` is set (the async core of ``serve``).
 
@@ -140,32 +93,37 @@ async def run(
     objects mid-request (a 70 ms pause that set p99); ``serve`` turns it on, as it owns the
     process. ``member``: this process's ``ember.serve.scale.worker.GroupMember`` when it is one
     worker of a group (ports shared, readiness, metrics and hot reload agreed with the others).
-    The other arguments are those of ``serve``.
+    ``options`` and ``kwargs`` are those of ``serve``, except that without ``options`` gRPC and
+    the management API are off unless ``grpc_port`` / ``management_port`` are given; ``workers``
+    and ``access_log`` are ``serve``'s business and ignored here.
     """
     from ember.serve.app import build_app
     from ember.serve.management import build_management_app, resolve_token
     from ember.serve.metrics import ServeMetrics
     from ember.serve.repository import ModelRepository
 
-    batching = BatchingConfig(max_batch_size, max_queue_delay_ms, adaptive_batching, target_p99_ms)
+    options = ServeOptions.build(options or _RUN_DEFAULTS, kwargs, "run")
+    host, grace_period = options.host, options.grace_period
+
     metrics = ServeMetrics()
     repository = ModelRepository(
-        Path(path), poll_interval=poll_interval, runtime=runtime, batching=batching,
-        metrics=metrics, strict_readiness=strict_readiness,
+        Path(path), poll_interval=options.poll_interval, runtime=options.runtime,
+        batching=options.batching, metrics=metrics, strict_readiness=options.strict_readiness,
         retire_gate=member.retire_gate if member else None,
     )  # fmt: skip
-    app = build_app(repository, metrics=metrics, body_limit=body_limit, body_timeout=body_timeout)
+    app = build_app(repository, metrics=metrics, body_limit=options.body_limit,
+                    body_timeout=options.body_timeout)  # fmt: skip
     if member is not None:
         app = member.wrap_app(app, repository, metrics)
     info: dict[str, Any] = {"app": app, "repository": repository, "grpc": None,
                             "management": None, "token": None}  # fmt: skip
     servers: list[tuple[Any, socket.socket]] = []
-    rest_sock = member.rest_socket() if member is not None else _bind(host, port)
+    rest_sock = member.rest_socket() if member is not None else _bind(host, options.port)
     servers.append((_uvicorn(app, grace_period), rest_sock))
     info["rest"] = _url(rest_sock)
-    if management_port is not None:
-        info["token"] = resolve_token(token, token_file)
-        mgmt_sock = _bind(management_host, management_port)
+    if options.management_port is not None:
+        info["token"] = resolve_token(options.token, options.token_file)
+        mgmt_sock = _bind(options.management_host, options.management_port)
         mgmt_app = build_management_app(repository, info["token"])
         if member is not None:
             mgmt_app = member.wrap_management(mgmt_app, repository, metrics, info["token"])
@@ -174,6 +132,7 @@ async def run(
     grpc_server = None
     with _closing(servers):
         tasks = await _start_listeners(servers)
+        grpc_port = options.grpc_port
         if grpc_port is not None:
             from ember.serve.protocols.kserve_grpc import start_grpc_server
 
@@ -182,7 +141,7 @@ async def run(
                 repository, host, grpc_port, reuse_port=member is not None
             )
             info["grpc"] = f"{host}:{grpc_port}"
-        _announce(info, token_file, token is not None)
+        _announce(info, options.token_file, options.token is not None)
         if on_start is not None:
             on_start(info)
         loading = asyncio.ensure_future(repository.start())
@@ -313,7 +272,13 @@ def _free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop the server runs on: uvloop's when installed, else None (asyncio's).
+
+    Example:
+        >>> with asyncio.Runner(loop_factory=loop_factory()) as runner:  # doctest: +SKIP
+        ...     runner.run(main())
+    """
     try:
         import uvloop
     except ImportError:

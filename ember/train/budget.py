@@ -1,5 +1,5 @@
-"""Pacing periodic bookkeeping: `TimeBudget` (a share of training time) and `check_seconds` (the
-check of interval arguments such as `flush_secs`)."""
+"""Pacing periodic bookkeeping: `TimeBudget`, the share of training time that work done after
+every epoch (histograms, `history.json`) may take."""
 
 from __future__ import annotations
 
@@ -7,24 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ["TimeBudget", "check_seconds"]
-
-
-def check_seconds(name: str, value: object) -> float:
-    """Return `value` if it is a number of seconds >= 0, else raise a ValueError naming `name`.
-
-    Example:
-        >>> check_seconds("flush_secs", -1)
-        Traceback (most recent call last):
-        ...
-        ValueError: Received an invalid value for `flush_secs`, expected seconds >= 0. Received: flush_secs=-1
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(
-            f"Received an invalid value for `{name}`, expected seconds >= 0. "
-            f"Received: {name}={value!r}"
-        )
-    return value
+__all__ = ["TimeBudget"]
 
 
 class TimeBudget:

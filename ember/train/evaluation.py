@@ -12,15 +12,15 @@ from typing import Any
 
 import torch
 
-from ember.train import loop_state
+from ember.train.batches import batch_mover, batch_size
 from ember.train.precision import Precision
-from ember.train.program import Program
+from ember.train.steps import Steps
 
 __all__ = ["evaluate", "predict"]
 
 
 def evaluate(
-    program: Program,
+    steps: Steps,
     loader: Any,
     stage: str,
     *,
@@ -31,7 +31,7 @@ def evaluate(
     """Run `validation_step` over `loader`; the loss is averaged over samples and processes.
 
     Args:
-        program: the module's steps (its `forward_module` already placed by the strategy).
+        steps: the module's steps (its `forward_module` already placed by the strategy).
         loader: batches of (inputs, targets).
         stage: which compiled metrics to compute and reset ("val").
         device: where batches go.
@@ -42,36 +42,36 @@ def evaluate(
         {"loss": mean loss (when a step returned one), metric name: value, ...}.
 
     Example:
-        >>> evaluate(program, val_loader, "val", device=trainer.device,
+        >>> evaluate(steps, val_loader, "val", device=trainer.device,
         ...          precision=trainer.precision, strategy=trainer.strategy)
         {'loss': 0.41, 'accuracy': 0.88}
     """
-    module = program.module
+    module = steps.module
     was_training = module.training
     module.eval()
-    to_device = loop_state.batch_mover(device)
+    to_device = batch_mover(device)
     total, count = torch.zeros((), device=device), 0
     with torch.no_grad(), precision.autocast():
         for batch in loader:
             batch = to_device(batch)
-            logs = program.validation_step(batch)
+            logs = steps.validation_step(batch)
             if "loss" in logs:
-                n = loop_state.batch_size(batch)
+                n = batch_size(batch)
                 total += logs["loss"].detach().float() * n
                 count += n
     module.train(was_training)
     out = {"loss": float(strategy.reduce_mean(total / max(count, 1)))} if count else {}
-    out.update(program.compute_metrics(stage, strategy))
+    out.update(steps.compute_metrics(stage, strategy))
     return out
 
 
 def predict(
-    program: Program, loader: Any, *, device: torch.device, precision: Precision
+    steps: Steps, loader: Any, *, device: torch.device, precision: Precision
 ) -> torch.Tensor:
     """Run `predict_step` over `loader` and concatenate the outputs (as float, on the CPU).
 
     Args:
-        program: the module's steps (its `forward_module` already placed by the strategy).
+        steps: the module's steps (its `forward_module` already placed by the strategy).
         loader: batches of inputs (or (inputs, targets)).
         device: where batches go.
         precision: the autocast context to run under.
@@ -80,16 +80,16 @@ def predict(
         The outputs along dim 0; an empty tensor for an empty loader.
 
     Example:
-        >>> predict(program, loader, device=trainer.device, precision=trainer.precision).shape
+        >>> predict(steps, loader, device=trainer.device, precision=trainer.precision).shape
         torch.Size([64, 10])
     """
-    module = program.module
-    to_device = loop_state.batch_mover(device)
+    module = steps.module
+    to_device = batch_mover(device)
     outputs = []
     was_training = module.training
     module.eval()
     with torch.no_grad(), precision.autocast():
         for batch in loader:
-            outputs.append(program.predict_step(to_device(batch)).float().cpu())
+            outputs.append(steps.predict_step(to_device(batch)).float().cpu())
     module.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0)

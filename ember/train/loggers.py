@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ember.train.budget import TimeBudget, check_seconds
+from ember.train.arguments import check_seconds
+from ember.train.budget import TimeBudget
 
 __all__ = ["Logger", "TensorBoardLogger", "CSVLogger", "keras_tag", "next_version", "share_version"]
 

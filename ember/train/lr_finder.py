@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ember.train import loop_state, steps
-from ember.train.program import Program
+from ember.train.batches import batch_mover, materialize
+from ember.train.steps import Steps, bind_train_step
 
 __all__ = ["LRFinderResult", "lr_find"]
 
@@ -100,18 +100,18 @@ def lr_find(
         >>> print(result.suggestion())
     """
     _check_range(min_lr, max_lr, num_training)
-    program = Program(model)
+    model_steps = Steps(model)
     if isinstance(train_data, torch.utils.data.Dataset) and not isinstance(
         train_data, torch.utils.data.IterableDataset
     ):
         train_data = torch.utils.data.DataLoader(train_data, batch_size=32, shuffle=True)
     device = torch.device(device) if device is not None else _device_of(model)
-    loop_state.materialize(model, train_data, device)
+    materialize(model, train_data, device)
     model.to(device)
     saved = copy.deepcopy(model.state_dict())
-    optimizer = program.configure_optimizers()[0]
-    step = program.train_step or steps.bind_train_step(model)
-    move = loop_state.batch_mover(device)
+    optimizer = model_steps.configure_optimizers()[0]
+    step = model_steps.train_step or bind_train_step(model)
+    move = batch_mover(device)
     ratio = (max_lr / min_lr) ** (1 / max(num_training - 1, 1))
     lrs, losses, avg, best = [], [], 0.0, math.inf
     was_training = model.training
@@ -137,7 +137,7 @@ def lr_find(
                 break
     model.load_state_dict(saved)
     model.train(was_training)
-    _reset_metrics(program)
+    _reset_metrics(model_steps)
     result = LRFinderResult(lrs, losses)
     log.info("lr_find: %d learning rates tried; suggestion %s", len(lrs), result.suggestion())
     return result
@@ -179,9 +179,9 @@ def _device_of(model: nn.Module) -> torch.device:
     return params[0].device if params else torch.device("cpu")
 
 
-def _reset_metrics(program: Program) -> None:
+def _reset_metrics(model_steps: Steps) -> None:
     """Forget the metric updates the range test made (the next fit starts clean)."""
-    cfg = program.config
+    cfg = model_steps.config
     if cfg is not None:
         for metrics in cfg.metric_objects.values():
             for metric in metrics.values():

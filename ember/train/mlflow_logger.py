@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ember.train.budget import check_seconds
+from ember.train.arguments import check_seconds
 from ember.train.loggers import Logger, _hparam_value
 
 __all__ = ["MLflowLogger"]

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ember.train.budget import check_seconds
+from ember.train.arguments import check_seconds
 from ember.train.callbacks import Callback, _resolve_mode, monitored_value
 
 if TYPE_CHECKING:

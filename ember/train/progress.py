@@ -8,7 +8,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from ember.train.budget import check_seconds
+from ember.train.arguments import check_seconds
 from ember.train.callbacks import Callback
 
 if TYPE_CHECKING:

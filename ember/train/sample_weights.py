@@ -67,7 +67,7 @@ def weighted_train_step(
         class_weight: a lookup `class_weight_tensor` (weights by target class), or None.
         sample_weight: batches are `(x, (y, w))` (from `WeightedDataset`).
     """
-    cfg = steps._require_config(module)
+    cfg = steps.require_config(module)
     per_sample = functools.partial(_per_sample_loss, cfg.loss_fn, {"vmap": True})
     return functools.partial(_step, module, cfg, per_sample, class_weight, sample_weight)
 
@@ -92,7 +92,7 @@ def _step(
 ) -> dict:
     x, y = steps.split_batch(batch)
     y, w = y if has_w else (y, None)
-    pred = steps._forward(module, x)  # (B, ...)
+    pred = steps.call_module(module, x)  # (B, ...)
     per_sample = per_sample_loss(pred, y)  # (B,)
     weight = torch.ones_like(per_sample)
     if table is not None:
@@ -103,5 +103,5 @@ def _step(
     if w is not None:
         weight = weight * w.to(per_sample.dtype).reshape(per_sample.shape)
     if cfg.metrics:
-        steps._update_metrics(cfg, "train", pred, y)
+        steps.update_metrics(cfg, "train", pred, y)
     return {"loss": (per_sample * weight).mean()}

@@ -1,176 +1,46 @@
-"""What `compile()` sets up and the default train / validation / predict steps built on it.
+"""The steps the Trainer runs: the default train / validation / predict steps, `DefaultSteps`
+(which `ember.Model` builds on) and `Steps`, which picks a module's own steps or the defaults.
 
-`ember.Model` calls these from its `train_step` & co.; the Trainer calls them directly for a plain
-`torch.nn.Module` compiled with `ember.compile(module, ...)`.
+The default steps read the module's `CompileConfig` (`ember.train.compile`). This module and
+`compile` belong to the model's layer: they import nothing else from `ember.train`, so
+`ember.model` can build on them while the Trainer above uses them.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ember import losses
+from ember import losses, optimizers
+from ember.train.compile import CompileConfig, compile, describe_loss
 
 __all__ = [
     "CompileConfig",
+    "DefaultSteps",
+    "Steps",
     "bind_train_step",
+    "build_metrics",
+    "build_optimizers",
+    "call_module",
     "compile",
+    "default_predict_step",
     "default_train_step",
     "default_validation_step",
     "describe_loss",
     "prediction",
+    "require_config",
     "split_batch",
+    "update_metrics",
 ]
 
 log = logging.getLogger(__name__)
 
-_INTERVALS = ("epoch", "step")
 TARGET_KEYS = ("labels", "label", "y", "target", "targets")
-_CAUSAL_LM_CLASSES = ("ForCausalLM", "LMHeadModel")
-
-
-@dataclass
-class CompileConfig:
-    """What `compile()` received; optimizer, scheduler and metrics are built when training starts."""
-
-    optimizer: Any = "adam"
-    loss: Any = None
-    metrics: list = field(default_factory=list)
-    lr: float | None = None
-    scheduler: Any = None
-    scheduler_interval: str = "epoch"
-    scheduler_monitor: str = "val_loss"
-    loss_fn: Any = None  # None: the model returns its own loss
-    metric_objects: dict = field(default_factory=dict)  # {"train": {...}, "val": {...}}
-    num_classes: int | None = None  # from the output width, when metrics are first built
-    from_logits: bool = True  # the model outputs logits (False: probabilities)
-    from_logits_reason: str = ""  # why: given, or read from the model's last layer
-    target_key: str | None = None  # the target's key in dict batches (None: the usual names)
-    shift_labels: bool = False  # next-token targets (causal language models)
-
-
-def compile(
-    module: nn.Module,
-    optimizer: Any = "adam",
-    loss: Any = None,
-    metrics: list | None = None,
-    *,
-    lr: float | None = None,
-    scheduler: Any = None,
-    scheduler_interval: str = "epoch",
-    scheduler_monitor: str = "val_loss",
-    from_logits: bool | None = None,
-    target_key: str | None = None,
-) -> nn.Module:
-    """Attach an optimizer, a loss and metrics to any `nn.Module` so the Trainer can train it.
-
-    Args:
-        module: the model (an `ember.Model` or any `torch.nn.Module`, Hugging Face models too).
-        optimizer: a name ("adam", "sgd", ...), an optimizer class, or a torch optimizer instance.
-        loss: a name ("cross_entropy", "binary_cross_entropy", "causal_lm", "mse", ...) or a
-            callable `loss(pred, target)`. None for a model that computes its own loss (its
-            forward takes `labels` and returns a dict with "loss", as Hugging Face models do).
-        metrics: names ("accuracy", "f1", "f1_weighted", "perplexity", "mae", ...) or metric
-            objects (`ember.metrics.Metric`, `torchmetrics.Metric`).
-        lr: learning rate for a named optimizer.
-        scheduler: a callable `optimizer -> torch LR scheduler` (any, ReduceLROnPlateau included) or a
-            scheduler instance.
-        scheduler_interval: step the scheduler every "epoch" or every "step".
-        scheduler_monitor: the logged value ReduceLROnPlateau reads.
-        from_logits: whether the model outputs logits (True) or probabilities (False) for the
-            cross-entropy losses and the binary metrics. None: probabilities when the model's
-            last layer is a sigmoid or softmax, else logits.
-        target_key: the key of the targets in dict batches (default: the first of "labels",
-            "label", "y", "target", "targets"); the other keys are passed to the model by name.
-
-    Returns:
-        The same module.
-
-    Example:
-        >>> net = ember.compile(torch.nn.Linear(4, 2), "adam", "cross_entropy", ["accuracy"])
-    """
-    if loss is None and not _computes_own_loss(module):
-        raise ValueError(
-            "compile() needs a loss, e.g. compile(model, optimizer='adam', loss='cross_entropy'), "
-            "unless the model computes its own (its forward takes `labels` and returns a dict "
-            "with 'loss', as Hugging Face models do)."
-        )
-    if scheduler_interval not in _INTERVALS:
-        raise ValueError(
-            f"Unknown scheduler_interval {scheduler_interval!r}. Choose one of: {', '.join(_INTERVALS)}"
-        )
-    from ember import metrics as _metrics
-    from ember import optimizers as _optimizers
-
-    if isinstance(optimizer, str) and optimizer.lower() not in _optimizers._OPTIMIZERS:
-        raise ValueError(
-            f"Unknown optimizer {optimizer!r}. Choose one of: {', '.join(_optimizers._OPTIMIZERS)}, "
-            "or pass a torch.optim.Optimizer."
-        )
-    for m in metrics or []:  # fail fast on unknown names, before training starts
-        _metrics.check(m)
-    if from_logits is not None and not isinstance(from_logits, bool):
-        raise TypeError(f"from_logits must be True, False or None. Received: {from_logits!r}")
-    loss_fn = losses.get(loss) if loss is not None else None
-    logits, reason = _resolve_from_logits(module, loss_fn, from_logits)
-    if getattr(loss_fn, "from_logits", False) is None:
-        loss_fn = loss_fn.with_from_logits(logits)
-    cfg = CompileConfig(
-        optimizer=optimizer,
-        loss=loss,
-        metrics=list(metrics or []),
-        lr=lr,
-        scheduler=scheduler,
-        scheduler_interval=scheduler_interval,
-        scheduler_monitor=scheduler_monitor,
-        loss_fn=loss_fn,
-        from_logits=logits,
-        from_logits_reason=reason,
-        target_key=target_key,
-        shift_labels=_shifts_labels(module, loss_fn),
-    )
-    object.__setattr__(module, "_ember_compile", cfg)
-    return module
-
-
-def describe_loss(cfg: CompileConfig) -> str:
-    """The loss in words for the run's log and hyper-parameters, e.g.
-    "binary_cross_entropy(from_logits=False): the model ends in Sigmoid"."""
-    if cfg.loss_fn is None:
-        return "the model's own loss"
-    if hasattr(cfg.loss_fn, "from_logits"):
-        return f"{cfg.loss_fn!r}: {cfg.from_logits_reason}"
-    return getattr(cfg.loss_fn, "__name__", type(cfg.loss_fn).__name__)
-
-
-def _resolve_from_logits(module: nn.Module, loss_fn: Any, given: bool | None) -> tuple[bool, str]:
-    explicit = getattr(loss_fn, "from_logits", None)
-    if explicit is not None:
-        return explicit, "set on the loss"
-    if given is not None:
-        return given, "given to compile"
-    return losses.infer_from_logits(module)
-
-
-def _computes_own_loss(module: nn.Module) -> bool:
-    try:
-        return "labels" in inspect.signature(module.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _shifts_labels(module: nn.Module, loss_fn: Any) -> bool:
-    """Next-token targets: a "causal_lm" loss, or a Hugging Face causal LM's own loss."""
-    if loss_fn is not None:
-        return bool(getattr(loss_fn, "shift_labels", False))
-    return type(module).__name__.endswith(_CAUSAL_LM_CLASSES)
 
 
 def split_batch(batch: Any, target_key: str | None = None) -> tuple[Any, Any]:
@@ -194,7 +64,8 @@ def split_batch(batch: Any, target_key: str | None = None) -> tuple[Any, Any]:
     return batch, None
 
 
-def _forward(module: nn.Module, x: Any) -> Any:
+def call_module(module: nn.Module, x: Any) -> Any:
+    """`module(x)`, with a tuple as positional inputs and a dict as named ones."""
     if isinstance(x, dict):  # named inputs: model(image=..., meta=...)
         return module(**x)
     return module(*x) if isinstance(x, tuple) else module(x)
@@ -212,7 +83,8 @@ def _loss(cfg: CompileConfig, pred: torch.Tensor, y: Any) -> torch.Tensor:
         raise better from exc
 
 
-def _require_config(module: nn.Module) -> CompileConfig:
+def require_config(module: nn.Module) -> CompileConfig:
+    """The module's `CompileConfig`; a RuntimeError saying how to compile it when it has none."""
     cfg = getattr(module, "_ember_compile", None)
     if cfg is None:
         raise RuntimeError(
@@ -223,7 +95,8 @@ def _require_config(module: nn.Module) -> CompileConfig:
     return cfg
 
 
-def _update_metrics(cfg: CompileConfig, stage: str, pred: torch.Tensor, y: torch.Tensor) -> None:
+def update_metrics(cfg: CompileConfig, stage: str, pred: torch.Tensor, y: torch.Tensor) -> None:
+    """Update the compiled metrics of `stage` ("train" or "val"), built on first use."""
     pred, y = losses.align_tokens(pred.detach(), y, cfg.shift_labels)  # tokens -> (N, C), (N,)
     metrics = cfg.metric_objects.get(stage)
     if metrics is None:  # built on first use: the output width gives the number of classes
@@ -247,7 +120,7 @@ def build_metrics(cfg: CompileConfig, device: torch.device) -> dict:
 
 def default_train_step(module: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
     """Forward, loss and metric update on one batch; returns {"loss": loss} (graph attached)."""
-    return _train_step(module, _require_config(module), batch)
+    return _train_step(module, require_config(module), batch)
 
 
 def bind_train_step(module: nn.Module) -> Callable[[Any], dict[str, torch.Tensor]]:
@@ -260,7 +133,7 @@ def bind_train_step(module: nn.Module) -> Callable[[Any], dict[str, torch.Tensor
         >>> step((torch.zeros(8, 4), torch.zeros(8, dtype=torch.long)))["loss"].shape
         torch.Size([])
     """
-    cfg = _require_config(module)
+    cfg = require_config(module)
     log.info("Loss: %s", describe_loss(cfg))
     return functools.partial(_train_step, module, cfg)
 
@@ -271,20 +144,20 @@ def _train_step(module: nn.Module, cfg: CompileConfig, batch: Any) -> dict[str, 
         raise ValueError(f"The training data has no targets: {_target_hint(cfg, x)}")
     pred, loss = _forward_and_loss(module, cfg, x, y)
     if cfg.metrics:
-        _update_metrics(cfg, "train", pred, y)
+        update_metrics(cfg, "train", pred, y)
     return {"loss": loss}
 
 
 def default_validation_step(module: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
     """Like `default_train_step` in eval mode, metrics go to the validation set."""
-    cfg = _require_config(module)
+    cfg = require_config(module)
     x, y = _inputs_and_targets(cfg, batch)
     if y is None:
-        _forward(module, x)
+        call_module(module, x)
         return {}
     pred, loss = _forward_and_loss(module, cfg, x, y)
     if cfg.metrics:
-        _update_metrics(cfg, "val", pred, y)
+        update_metrics(cfg, "val", pred, y)
     return {"loss": loss}
 
 
@@ -293,7 +166,7 @@ def default_predict_step(module: nn.Module, batch: Any) -> torch.Tensor:
     "logits"."""
     cfg = getattr(module, "_ember_compile", None)
     x, _ = split_batch(batch, cfg.target_key if cfg is not None else None)
-    return prediction(_forward(module, x))
+    return prediction(call_module(module, x))
 
 
 def prediction(out: Any) -> torch.Tensor:
@@ -335,7 +208,7 @@ def _forward_and_loss(
     module: nn.Module, cfg: CompileConfig, x: Any, y: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if cfg.loss_fn is not None:
-        pred = prediction(_forward(module, x))
+        pred = prediction(call_module(module, x))
         if not isinstance(pred, torch.Tensor):
             raise TypeError(
                 f"{type(module).__name__} returned a {type(pred).__name__}, but the compiled loss "
@@ -344,7 +217,7 @@ def _forward_and_loss(
             )
         return pred, _loss(cfg, pred, y)
     # The model's own loss (Hugging Face): it gets the targets as `labels`.
-    out = module(**x, labels=y) if isinstance(x, dict) else _forward(module, x)
+    out = module(**x, labels=y) if isinstance(x, dict) else call_module(module, x)
     if not isinstance(out, dict) or out.get("loss") is None:
         raise ValueError(
             f"{type(module).__name__} returned no loss: compile with a loss, e.g. "
@@ -362,3 +235,146 @@ def _target_hint(cfg: CompileConfig, x: Any) -> str:
             f"compile(target_key=...)). Received keys: {', '.join(map(str, x)) or 'none'}."
         )
     return "pass `y` or a Dataset yielding (x, y)."
+
+
+class DefaultSteps:
+    """The default `train_step`, `validation_step` and `predict_step` of a compiled model.
+
+    `ember.Model` inherits them; a subclass that overrides one replaces the default (`Steps`
+    checks which ones a module overrides). A plain `torch.nn.Module` compiled with
+    `ember.compile` gets the same steps from `Steps` without inheriting them.
+    """
+
+    def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """One training batch -> logs with a "loss" tensor (the Trainer runs backward)."""
+        return default_train_step(self, batch)
+
+    def validation_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """One validation batch -> logs ("loss"); compiled metrics are updated."""
+        return default_validation_step(self, batch)
+
+    def predict_step(self, batch: Any) -> torch.Tensor:
+        """One batch -> the model's output."""
+        return default_predict_step(self, batch)
+
+
+class Steps:
+    """What the Trainer drives: a module's `train_step`, `validation_step`, `predict_step` and
+    optimizers.
+
+    A module that defines one of these methods (an `ember.Model` subclass overriding it, or any
+    module) has it called directly; otherwise, and for a plain `nn.Module` compiled with
+    `ember.compile`, the default steps of this module run.
+
+    Example:
+        >>> steps = Steps(ember.compile(torch.nn.Linear(4, 2), "adam", "cross_entropy"))
+        >>> steps.train_step is None  # the default: the Trainer binds it when fit starts
+        True
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        if not isinstance(module, nn.Module):
+            raise TypeError(
+                f"The Trainer trains a torch.nn.Module. Received: {type(module).__name__}"
+            )
+        self.module = module
+        self.forward_module: nn.Module = module
+        # None: the default step, which the Trainer binds to the compile config when fit starts.
+        self.train_step = _override(module, "train_step")
+        self.validation_step = _method(module, "validation_step", default_validation_step)
+        self.predict_step = _method(module, "predict_step", default_predict_step)
+
+    @property
+    def config(self) -> CompileConfig | None:
+        return getattr(self.module, "_ember_compile", None)
+
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any, str, str]:
+        """Return (optimizer, scheduler or None, scheduler interval, scheduler monitor)."""
+        if hasattr(self.module, "configure_optimizers"):
+            return _normalize(self.module.configure_optimizers())
+        cfg = self.config
+        if cfg is None:
+            raise RuntimeError(
+                f"{type(self.module).__name__} has no optimizer: call "
+                "model.compile(optimizer='adam', loss='cross_entropy') (for a plain torch module: "
+                "ember.compile(module, ...)) first, or define configure_optimizers()."
+            )
+        return build_optimizers(self.module, cfg)
+
+    def compute_metrics(self, stage: str, strategy: Any) -> dict[str, float]:
+        """Compute and reset the compiled metrics of `stage` ("train" or "val")."""
+        cfg = self.config
+        if cfg is None:
+            return {}
+        out = {}
+        for name, metric in cfg.metric_objects.get(stage, {}).items():
+            if metric.update_count:
+                # Every metric (ember's and torchmetrics') sums its state over the ranks itself.
+                out[name] = float(metric.compute())
+            metric.reset()
+        return out
+
+    def hparams(self) -> dict[str, Any]:
+        cfg = self.config
+        out: dict[str, Any] = {"model": type(self.module).__name__}
+        if cfg is not None:
+            out.update(
+                optimizer=_name(cfg.optimizer),
+                loss=_name(cfg.loss) if cfg.loss is not None else "the model's own",
+                lr=cfg.lr,
+                metrics=",".join(_name(m) for m in cfg.metrics),
+            )
+            if hasattr(cfg.loss_fn, "from_logits"):  # which the cross-entropy read (see the log)
+                out["from_logits"] = cfg.loss_fn.from_logits
+        return out
+
+
+def build_optimizers(module: nn.Module, cfg: CompileConfig):
+    """The optimizer and scheduler described by a compile config."""
+    optimizer = optimizers.get(cfg.optimizer, module.parameters(), lr=cfg.lr)
+    scheduler = cfg.scheduler
+    if callable(scheduler) and not hasattr(scheduler, "step"):
+        scheduler = scheduler(optimizer)
+    return optimizer, scheduler, cfg.scheduler_interval, cfg.scheduler_monitor
+
+
+def _normalize(result: Any) -> tuple[torch.optim.Optimizer, Any, str, str]:
+    """Accept an optimizer, (optimizer, scheduler) or Lightning's dict form."""
+    if isinstance(result, torch.optim.Optimizer):
+        return result, None, "epoch", "val_loss"
+    if isinstance(result, (tuple, list)) and len(result) == 2:
+        return result[0], result[1], "epoch", "val_loss"
+    if isinstance(result, dict) and "optimizer" in result:
+        sched = result.get("lr_scheduler")
+        if isinstance(sched, dict):
+            return (
+                result["optimizer"],
+                sched["scheduler"],
+                sched.get("interval", "epoch"),
+                sched.get("monitor", "val_loss"),
+            )
+        return result["optimizer"], sched, "epoch", "val_loss"
+    raise TypeError(
+        "configure_optimizers() must return an optimizer, (optimizer, scheduler) or "
+        "{'optimizer': ..., 'lr_scheduler': {'scheduler': ..., 'interval': 'step'}}. "
+        f"Received: {type(result).__name__}"
+    )
+
+
+def _method(module: nn.Module, name: str, default: Any) -> Any:
+    return _override(module, name) or functools.partial(default, module)
+
+
+def _override(module: nn.Module, name: str) -> Any:
+    """`module.<name>` when the module defines it (the `DefaultSteps` it inherits do not count),
+    else None."""
+    bound = getattr(module, name, None)
+    if bound is None or getattr(bound, "__func__", None) is getattr(DefaultSteps, name):
+        return None
+    return bound
+
+
+def _name(obj: Any) -> str:
+    if obj is None or isinstance(obj, str):
+        return str(obj)
+    return getattr(obj, "__name__", type(obj).__name__)

@@ -1,6 +1,7 @@
 """The Trainer: one fit loop for ember models and plain torch modules, with fixed hook points.
 
-The loop's state bookkeeping (resume, checkpoints, loaders) is in `loop_state`, the evaluation
+The Trainer owns one `LoopState` (`loop_state`: position, epoch sums, loaders); what a checkpoint
+holds to resume is in `resume`, the module's steps and optimizers in `steps.Steps`, the evaluation
 and prediction loops in `evaluation`, and the checks and defaults for the Trainer's arguments in
 `trainer_setup`.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import operator
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,16 +19,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from ember.train import evaluation, loop_state, steps, trainer_setup
+from ember.train import evaluation, resume, trainer_setup
 from ember.train.backup import BackupAndRestore
+from ember.train.batches import batch_mover, batch_size, example_input, materialize
 from ember.train.budget import TimeBudget
 from ember.train.callbacks import Callback, CallbackRunner
 from ember.train.distributed import get_strategy
 from ember.train.history import History
 from ember.train.loggers import Logger
+from ember.train.loop_state import LoopState, epoch_info, norm_tags, prepare_loader
 from ember.train.model_checkpoint import ModelCheckpoint
 from ember.train.precision import Precision
-from ember.train.program import Program
+from ember.train.run_dir import share_run_dir, write_run_record
+from ember.train.steps import Steps, bind_train_step
 from ember.train.trainer_setup import default_callbacks, make_loggers, nan_message
 
 __all__ = ["Trainer"]
@@ -34,6 +39,15 @@ __all__ = ["Trainer"]
 log = logging.getLogger(__name__)
 
 _HISTORY_BUDGET = 0.001  # the largest share of training time spent writing history.json
+
+
+def _loop_field(name: str, doc: str) -> property:
+    """A Trainer attribute kept in its `LoopState` (callbacks read and set these)."""
+    return property(
+        operator.attrgetter(f"loop.{name}"),  # C-level getter: callbacks read some per batch
+        lambda self, value: setattr(self.loop, name, value),
+        doc=doc,
+    )
 
 
 class Trainer:
@@ -75,6 +89,17 @@ class Trainer:
         >>> trainer = ember.Trainer(max_epochs=5, precision="bf16-mixed", seed=0)
         >>> history = trainer.fit(model, train_loader, val_loader)
     """
+
+    current_epoch = _loop_field("epoch", "The current epoch (0-based).")
+    global_step = _loop_field("global_step", "Optimizer steps taken in this fit.")
+    batch_in_epoch = _loop_field("batch_in_epoch", "Batches of the current epoch done.")
+    num_train_batches = _loop_field("num_batches", "Batches in this epoch (None: unknown).")
+    should_stop = _loop_field("should_stop", "Set to True to stop the fit after this epoch.")
+    at_step_boundary = _loop_field(
+        "at_step_boundary", "The batch just done ended an optimizer step (accumulation)."
+    )
+    train_loader = _loop_field("train_loader", "The running fit's training loader.")
+    val_loader = _loop_field("val_loader", "The running fit's validation loader (or None).")
 
     def __init__(
         self,
@@ -143,16 +168,9 @@ class Trainer:
             enable_report and self.strategy.is_global_zero,
         )
         self.history = History()
-        self.current_epoch = 0
-        self.global_step = 0
-        self.batch_in_epoch = 0
-        self.num_train_batches: int | None = None
-        self.should_stop = False
-        self.at_step_boundary = True
+        self.loop = LoopState()  # position, epoch sums, loaders: saved with every checkpoint
         self.logged_metrics: dict[str, float] = {}
         self.optimizer: torch.optim.Optimizer | None = None
-        self.train_loader: Any = None
-        self.val_loader: Any = None
         self.hparams: dict[str, Any] = {}
 
     # -- public properties used by callbacks ------------------------------------------------------
@@ -189,35 +207,34 @@ class Trainer:
         Returns:
             The History of per-epoch metrics.
         """
-        program = Program(model)
+        steps = Steps(model)
         backup = next((c for c in self.callbacks if isinstance(c, BackupAndRestore)), None)
         if ckpt_path is None and backup is not None:
             ckpt_path = backup.latest()  # None: no backup yet, a fresh start
-        ckpt = loop_state.find_checkpoint(self, ckpt_path) if ckpt_path is not None else None
-        loop_state.share_run_dir(self)
+        ckpt = self._find_checkpoint(ckpt_path) if ckpt_path is not None else None
+        share_run_dir(self._run_dir, self.loggers, self.strategy)
         trainer_setup.seed_run(self, ckpt)
         if self.overfit_batches:
             train_data = trainer_setup.first_batches(train_data, self.overfit_batches)
-        train_loader = loop_state.prepare_loader(self, train_data, shuffle=True)
+        train_loader = self._prepare_loader(train_data, shuffle=True)
         val_loader = None
         if val_data is not None:
-            val_loader = loop_state.prepare_loader(self, val_data, shuffle=False)
-        self.train_loader, self.val_loader = train_loader, val_loader
-        self._setup_model(program, train_loader)
+            val_loader = self._prepare_loader(val_data, shuffle=False)
+        self.loop.train_loader, self.loop.val_loader = train_loader, val_loader
+        self._setup_model(steps, train_loader)
         if ckpt is not None:
-            loop_state.restore(self, program, ckpt)
-        self._start_logging(program, train_loader, resumed=ckpt is not None)
-        runner = self._runner
+            resume.restore(self, ckpt, module=steps.module, callbacks=self._runner)
+        self._start_logging(steps, train_loader, resumed=ckpt is not None)
+        runner, loop = self._runner, self.loop
         try:
             runner.call("on_fit_start", self, model)
             while not self._done():
-                self._train_epoch(program, train_loader)
-                if self.should_stop and self.batch_in_epoch:
+                self._train_epoch(steps, train_loader)
+                if loop.should_stop and loop.batch_in_epoch:
                     break  # max_steps reached mid-epoch
-                logs = self._end_epoch(program, val_loader)
+                logs = self._end_epoch(steps, val_loader)
                 runner.call("on_epoch_end", self, model, logs)
-                self.current_epoch += 1
-                self.batch_in_epoch = 0
+                loop.end_epoch()
         except BaseException as exc:
             self._write_history(failing=True)
             runner.call("on_exception", self, model, exc)
@@ -235,51 +252,69 @@ class Trainer:
 
     def _done(self, epochs_done: int | None = None) -> bool:
         """Whether the loop stops once `epochs_done` epochs (default: those counted so far) ran."""
-        epochs = self.current_epoch if epochs_done is None else epochs_done
+        loop = self.loop
+        epochs = loop.epoch if epochs_done is None else epochs_done
         return (
-            self.should_stop
-            or (self.max_steps is not None and self.global_step >= self.max_steps)
+            loop.should_stop
+            or (self.max_steps is not None and loop.global_step >= self.max_steps)
             or (self.max_epochs is not None and epochs >= self.max_epochs)
         )
 
-    def _setup_model(self, program: Program, train_loader: Any) -> None:
-        self._program = program
-        loop_state.materialize(program.module, train_loader, self.device)
-        program.forward_module = self.strategy.setup_module(program.module)
-        self._norm_tags = loop_state.norm_tags(program.module)
-        step = program.train_step or steps.bind_train_step(program.module)
-        step = self.strategy.wrap_step(program.module, step)
-        program.train_step = self.precision.wrap_step(step)
+    def _prepare_loader(self, data: Any, shuffle: bool) -> Any:
+        rank, world_size = self.strategy.rank, self.strategy.world_size
+        return prepare_loader(
+            data, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world_size
+        )
+
+    def _find_checkpoint(self, ckpt_path: str | Path) -> Any:
+        cb = self.checkpoint_callback
+        return resume.find_checkpoint(
+            ckpt_path,
+            strategy=self.strategy,
+            run_dir=self._run_dir,
+            loggers=self.loggers,
+            checkpoint_dir=cb.dirpath if cb is not None else None,
+        )
+
+    def _setup_model(self, steps: Steps, train_loader: Any) -> None:
+        self._steps = steps
+        materialize(steps.module, train_loader, self.device)
+        steps.forward_module = self.strategy.setup_module(steps.module)
+        self._norm_tags = norm_tags(steps.module)
+        step = steps.train_step or bind_train_step(steps.module)
+        step = self.strategy.wrap_step(steps.module, step)
+        steps.train_step = self.precision.wrap_step(step)
         if self.compile:
-            program.module.compile()
+            steps.module.compile()
         self.optimizer, self.scheduler, self.scheduler_interval, self.scheduler_monitor = (
-            program.configure_optimizers()
+            steps.configure_optimizers()
         )
         self._runner = CallbackRunner(self.callbacks)
         self.history = History()
         # history.json after an epoch while it costs under 0.1% of the time, and when fit ends.
         self._history_budget = TimeBudget(_HISTORY_BUDGET)
-        self.current_epoch = self.global_step = self.batch_in_epoch = 0
-        self.should_stop = False
-        self.hparams = {**program.hparams(), **trainer_setup.trainer_hparams(self)}
+        self.loop.reset()
+        self.hparams = {**steps.hparams(), **trainer_setup.trainer_hparams(self)}
 
     # -- one epoch ------------------------------------------------------------------------------
-    def _train_epoch(self, program: Program, loader: Any) -> None:
-        module, runner = program.module, self._runner
-        loop_state.begin_epoch(self, loader)
+    def _train_epoch(self, steps: Steps, loader: Any) -> None:
+        module, runner, state = steps.module, self._runner, self.loop
+        state.begin_epoch(
+            loader, seed=self.seed, limit=self.limit_train_batches, device=self.device
+        )
         module.train()
         runner.call("on_train_epoch_start", self, module)
         # Read once: on a small model every lookup or call per batch costs about 0.1 %.
         per_batch = runner.has("on_train_batch_end")
-        acc, optimizer, step = self.accumulate_grad_batches, self.optimizer, program.train_step
+        acc, optimizer, step = self.accumulate_grad_batches, self.optimizer, steps.train_step
         limit, check_nan, log_every = (
             self.limit_train_batches,
             self.terminate_on_nan,
             self.log_every_n_steps,
         )
-        on_cpu, num_batches = self.device.type == "cpu", self.num_train_batches
-        to_device, backward = loop_state.batch_mover(self.device), self.precision.backward
-        for batch_idx, batch in enumerate(loader, start=self.batch_in_epoch):
+        on_cpu, num_batches = self.device.type == "cpu", state.num_batches
+        to_device, backward = batch_mover(self.device), self.precision.backward
+        for batch_idx, batch in enumerate(loader, start=state.batch_in_epoch):
             if limit is not None and batch_idx >= limit:
                 break
             if not on_cpu:  # data loaders produce CPU tensors
@@ -287,61 +322,62 @@ class Trainer:
             if batch_idx % acc == 0:
                 optimizer.zero_grad(set_to_none=True)
             logs = step(batch)  # under autocast in mixed precision (Precision.wrap_step)
-            loss, n = logs["loss"], loop_state.batch_size(batch)
+            loss, n = logs["loss"], batch_size(batch)
             if on_cpu:  # one scalar read per step, free on CPU: checks and sums the loss
                 value = loss.item()
                 if check_nan and not math.isfinite(value):
-                    raise FloatingPointError(nan_message(loss, self.current_epoch, batch_idx))
-                self._epoch_loss_sum += value * n
+                    raise FloatingPointError(nan_message(loss, state.epoch, batch_idx))
+                state.loss_sum += value * n
             else:  # a read would stall the accelerator every step: check at the log interval
                 if check_nan and batch_idx % log_every == 0 and not math.isfinite(loss.item()):
-                    raise FloatingPointError(nan_message(loss, self.current_epoch, batch_idx))
-                self._epoch_loss_sum += loss.detach() * n
+                    raise FloatingPointError(nan_message(loss, state.epoch, batch_idx))
+                state.loss_sum += loss.detach() * n
             backward(loss / acc if acc > 1 else loss)
-            self._epoch_samples += n
-            self.batch_in_epoch = done = batch_idx + 1
-            self.at_step_boundary = done % acc == 0 or done == num_batches
-            if self.at_step_boundary:
-                self._optimizer_step(program, loss)
+            state.samples += n
+            state.batch_in_epoch = done = batch_idx + 1
+            state.at_step_boundary = done % acc == 0 or done == num_batches
+            if state.at_step_boundary:
+                self._optimizer_step(steps, loss)
             if per_batch:
                 runner.call("on_train_batch_end", self, module, logs, batch_idx)
-                if self.should_stop:  # a callback stopped the fit mid-epoch (TerminateOnNaN)
+                if state.should_stop:  # a callback stopped the fit mid-epoch (TerminateOnNaN)
                     break
-            if self.max_steps is not None and self.global_step >= self.max_steps:
-                self.should_stop = True
+            if self.max_steps is not None and state.global_step >= self.max_steps:
+                state.should_stop = True
                 break
 
-    def _optimizer_step(self, program: Program, loss: torch.Tensor) -> None:
+    def _optimizer_step(self, steps: Steps, loss: torch.Tensor) -> None:
         if self.gradient_clip_val is not None:
             self.precision.unscale(self.optimizer)
-            params = program.module.parameters()
+            params = steps.module.parameters()
             if self.gradient_clip_algorithm == "norm":
                 torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_val)
             else:
                 torch.nn.utils.clip_grad_value_(params, self.gradient_clip_val)
         self.precision.step(self.optimizer)
-        self.global_step += 1
+        self.loop.global_step += 1
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
-        if self.global_step % self.log_every_n_steps == 0:
+        if self.loop.global_step % self.log_every_n_steps == 0:
             self.log_metrics({"step/loss": loss.item()})
 
-    def _end_epoch(self, program: Program, val_loader: Any) -> dict[str, float]:
-        logs = loop_state.epoch_train_logs(self, program)
-        self._runner.call("on_train_epoch_end", self, program.module)
+    def _end_epoch(self, steps: Steps, val_loader: Any) -> dict[str, float]:
+        logs = {"loss": self.loop.mean_loss(self.strategy, self.device)}
+        logs.update(steps.compute_metrics("train", self.strategy))
+        self._runner.call("on_train_epoch_end", self, steps.module)
         if val_loader is not None:
-            val_logs = self._validate(program, val_loader)
+            val_logs = self._validate(steps, val_loader)
             logs.update({f"val_{k}": v for k, v in val_logs.items()})
-            self._runner.call("on_validation_end", self, program.module, logs)
+            self._runner.call("on_validation_end", self, steps.module, logs)
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
-        info = loop_state.epoch_info(self, self._norm_tags)
+        info = epoch_info(self.loop, self._norm_tags, sharded=self.strategy.shards_parameters)
         self.history.append(self.current_epoch, logs, info)
         self.logged_metrics.update(logs)
         self.log_metrics({**logs, **info["norms"]}, step=self.current_epoch)
         final = self.is_last_epoch
         if self.is_global_zero and not self.strategy.shards_parameters:
             for logger in self.loggers:
-                logger.log_histograms(program.module, self.current_epoch, final=final)
+                logger.log_histograms(steps.module, self.current_epoch, final=final)
         self._step_epoch_scheduler(logs)
         if self.is_global_zero:
             # Within its time budget; fit writes it complete when it ends anyway.
@@ -379,10 +415,10 @@ class Trainer:
     # -- evaluation and prediction --------------------------------------------------------------
     def validate(self, model: nn.Module, data: Any) -> dict[str, float]:
         """Evaluate `model` on `data`; returns {"loss": ..., metric: ...}."""
-        program = Program(model)
-        program.forward_module = self.strategy.setup_module(model)
-        loader = loop_state.prepare_loader(self, data, shuffle=False)
-        return self._validate(program, loader)
+        steps = Steps(model)
+        steps.forward_module = self.strategy.setup_module(model)
+        loader = self._prepare_loader(data, shuffle=False)
+        return self._validate(steps, loader)
 
     def test(self, model: nn.Module, data: Any) -> list[dict[str, float]]:
         """Evaluate `model` on held-out test data, as Lightning's `trainer.test`.
@@ -405,18 +441,18 @@ class Trainer:
 
         return lr_find(model, train_data, device=self.device, **kwargs)
 
-    def _validate(self, program: Program, loader: Any) -> dict[str, float]:
+    def _validate(self, steps: Steps, loader: Any) -> dict[str, float]:
         if self.limit_val_batches is not None:
             loader = itertools.islice(loader, self.limit_val_batches)
         kwargs = dict(device=self.device, precision=self.precision, strategy=self.strategy)
-        return evaluation.evaluate(program, loader, "val", **kwargs)
+        return evaluation.evaluate(steps, loader, "val", **kwargs)
 
     def predict(self, model: nn.Module, data: Any) -> torch.Tensor:
         """Run `predict_step` over `data` and concatenate the outputs along dim 0."""
-        program = Program(model)
-        program.forward_module = self.strategy.setup_module(model)
-        loader = loop_state.prepare_loader(self, data, shuffle=False)
-        return evaluation.predict(program, loader, device=self.device, precision=self.precision)
+        steps = Steps(model)
+        steps.forward_module = self.strategy.setup_module(model)
+        loader = self._prepare_loader(data, shuffle=False)
+        return evaluation.predict(steps, loader, device=self.device, precision=self.precision)
 
     # -- checkpoints and logging ----------------------------------------------------------------
     def save_checkpoint(self, path: str | Path, epoch_done: bool = False) -> Path:
@@ -426,7 +462,8 @@ class Trainer:
             path: the checkpoint directory (replaced atomically if it exists).
             epoch_done: the current epoch is finished: resume at the next epoch's start.
         """
-        return loop_state.save(self, Path(path), epoch_done)
+        module, callbacks = self._steps.module, self._runner
+        return resume.save(self, Path(path), epoch_done, module=module, callbacks=callbacks)
 
     def copy_checkpoint(self, src: str | Path, dst: str | Path) -> Path:
         """Make `dst` a copy of checkpoint `src` (rank 0 writes; hard links, no second write)."""
@@ -450,15 +487,18 @@ class Trainer:
         for logger in self.loggers:
             logger.log_metrics(metrics, step)
 
-    def _start_logging(self, program: Program, loader: Any, resumed: bool) -> None:
+    def _start_logging(self, steps: Steps, loader: Any, resumed: bool) -> None:
         if not self.is_global_zero or self.fast_dev_run:  # a dev run writes no files
             return
-        loop_state.write_run_record(self, program, loader)
+        sharded = self.strategy.shards_parameters
+        write_run_record(
+            self.log_dir, self.hparams, steps.module, loader, device=self.device, sharded=sharded
+        )
         for logger in self.loggers:
             logger.start(resume_step=self.global_step if resumed else None)
             logger.log_hyperparams(self.hparams)
             if not resumed and not self.strategy.shards_parameters:  # rank 0 alone cannot gather
-                logger.log_graph(program.module, loop_state.example_input(loader, self.device))
+                logger.log_graph(steps.module, example_input(loader, self.device))
 
     def _finish_logging(self, final: bool) -> None:
         if not self.is_global_zero:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ember.train.arguments import check_positive
 from ember.train.callbacks import Callback
 from ember.train.loggers import Logger, TensorBoardLogger
 from ember.train.model_checkpoint import ModelCheckpoint
@@ -29,7 +30,6 @@ __all__ = [
     "check_arguments",
     "check_batch_limits",
     "first_batches",
-    "check_positive",
     "default_callbacks",
     "make_loggers",
     "nan_message",
@@ -55,22 +55,6 @@ def check_arguments(
         raise ValueError(
             f"Unknown gradient_clip_algorithm {gradient_clip_algorithm!r}. Choose one of: norm, value"
         )
-
-
-def check_positive(**kwargs: Any) -> None:
-    """Raise ValueError unless every keyword's value is a positive integer.
-
-    Example:
-        >>> check_positive(accumulate_grad_batches=0)
-        Traceback (most recent call last):
-        ValueError: Received an invalid value for `accumulate_grad_batches`, expected a positive ...
-    """
-    for name, value in kwargs.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(
-                f"Received an invalid value for `{name}`, expected a positive integer. "
-                f"Received: {name}={value!r}"
-            )
 
 
 def make_loggers(logger: Any, root: str | Path, name: str) -> list[Logger]:
@@ -133,7 +117,7 @@ def default_callbacks(
         # save every epoch would cost more than the training (ModelCheckpoint() saves every epoch).
         callbacks.append(ModelCheckpoint(save_top_k=0, min_interval=10.0))
     if report:
-        from ember.report.callback import ReportCallback
+        from ember.train.report_callback import ReportCallback
 
         if not any(isinstance(c, ReportCallback) for c in callbacks):
             callbacks.append(ReportCallback())

@@ -90,7 +90,9 @@ def test_dynamic_sequence_axis_is_recorded_and_runs_at_other_lengths(tmp_path):
     assert varied["input_ids"].shape[1] != stored["input_ids"].shape[1]
     other = _batch(rows=1, length=23)
     torch.testing.assert_close(package.load(path)(**other)[0], model(**other)["logits"])
-    assert "dynamic input_ids: 1=sequence" in package.inspect_text(path)
+    text = package.inspect_text(path)
+    assert "dynamic input_ids: 1=sequence" in text
+    assert "(task: not set," in text and "None" not in text  # saved without task=
 
 
 def test_auto_infers_dynamic_axes(tmp_path):

@@ -289,3 +289,36 @@ def test_long_calls_run_one_at_a_time_and_short_ones_overlap():
 
     assert peak_in_flight(long=True) == 1  # 20 ms calls: one at a time, in batches of 2
     assert peak_in_flight(long=False) == 2  # sub-ms calls: two overlap
+
+
+def test_an_input_the_model_rejects_is_a_400_for_that_request_only():
+    class InvalidArgument(
+        Exception
+    ):  # what ONNX Runtime raises, e.g. for a token id past the vocab
+        pass
+
+    def run(inputs: dict) -> dict:
+        if (inputs["x"] < 0).any():
+            raise InvalidArgument("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : idx=-1\nmore")
+        if (inputs["x"] > 100).any():
+            raise RuntimeError("the model broke")
+        return {"y": inputs["x"] * 2.0}
+
+    async def main() -> list:
+        with ThreadPoolExecutor(2) as pool:
+            batcher = Batcher(run, pool, BatchingConfig(8, max_queue_delay_ms=50))
+            xs = [np.full((1, 2), v, np.float32) for v in (1.0, -1.0, 2.0)]
+            results = await asyncio.gather(
+                *(batcher.submit({"x": x}) for x in xs), return_exceptions=True
+            )
+            broken = await asyncio.gather(
+                batcher.submit({"x": np.full((1, 2), 500.0, np.float32)}), return_exceptions=True
+            )
+            await batcher.close()
+            return results + broken
+
+    good, bad, good2, broken = asyncio.run(main())
+    np.testing.assert_array_equal(good["y"], np.full((1, 2), 2.0, np.float32))
+    np.testing.assert_array_equal(good2["y"], np.full((1, 2), 4.0, np.float32))
+    assert bad.status == 400 and "cannot take this input" in str(bad) and "more" not in str(bad)
+    assert broken.status == 500 and "the model broke" in str(broken)

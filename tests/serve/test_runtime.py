@@ -145,3 +145,61 @@ def test_run_with_wrong_shape_or_dtype_raises(mlp_onnx: Path) -> None:
         runtime.run({"input": np.ones((1, 5), np.float32)})
     with pytest.raises(InvalidArgument, match=r"Actual: \(tensor\(double\)\)"):
         runtime.run({"input": np.ones((1, 4), np.float64)})
+
+
+def test_big_runs_shrink_the_arena_and_small_runs_do_not(mlp_onnx: Path) -> None:
+    from ember.serve.runtime import SHRINK_ARENA_BYTES
+
+    runtime = _OrtRuntime(mlp_onnx)
+    used = []
+    fast = runtime._fast_run
+    runtime._fast_run = lambda names, feed, options: (
+        used.append(options) or fast(names, feed, options)
+    )
+    small = {"input": np.ones((2, 4), np.float32)}
+    big = {"input": np.ones((SHRINK_ARENA_BYTES // 16 + 1, 4), np.float32)}  # just over
+    session = ort_session(mlp_onnx)
+    _assert_same(runtime.run(small), session.run(None, small), ["output"])
+    _assert_same(runtime.run(big), session.run(None, big), ["output"])
+    key = "memory.enable_memory_arena_shrinkage"
+    assert not _has_entry(used[0], key)
+    assert used[1].get_run_config_entry(key) == "cpu:0"
+
+
+def _has_entry(options: object, key: str) -> bool:
+    try:
+        return bool(options.get_run_config_entry(key))
+    except Exception:  # onnxruntime raises for an entry never set
+        return False
+
+
+def test_model_version_runs_any_runtime_protocol_object_and_closes_it() -> None:
+    import asyncio
+
+    from ember.serve import ModelVersion, Runtime, TensorSpec
+
+    class Doubler:
+        platform = "custom"
+        inputs = [TensorSpec("x", "FP32", [-1, 2])]
+        outputs = [TensorSpec("y", "FP32", [-1, 2])]
+        closed = False
+
+        def run(self, inputs: dict) -> dict:
+            return {"y": inputs["x"] * 2}
+
+        def close(self) -> None:
+            self.closed = True
+
+    engine = Doubler()
+    assert isinstance(engine, Runtime)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            mv = ModelVersion("d", 1, Path("."), engine, pool)
+            out = await mv.infer({"x": np.ones((3, 2), np.float32)})
+            np.testing.assert_array_equal(out["y"], np.full((3, 2), 2, np.float32))
+            assert mv.metadata()["platform"] == "custom"
+            await mv.close()
+
+    asyncio.run(main())
+    assert engine.closed

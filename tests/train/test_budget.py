@@ -2,7 +2,7 @@
 
 import pytest
 
-from ember.train.budget import TimeBudget, check_seconds
+from ember.train.budget import TimeBudget
 
 
 class _Clock:
@@ -63,14 +63,3 @@ def test_a_failing_run_still_counts_its_cost():
 def test_share_outside_zero_to_one_is_rejected(share):
     with pytest.raises(ValueError, match=r"Received an invalid value for `share`.*\(0, 1\]"):
         TimeBudget(share)
-
-
-@pytest.mark.parametrize("value", [0, 0.5, 10])
-def test_check_seconds_returns_seconds(value):
-    assert check_seconds("flush_secs", value) == value
-
-
-@pytest.mark.parametrize("value", [-1, -0.1, "2", None, True, float("nan")])
-def test_check_seconds_names_the_argument_and_the_value(value):
-    with pytest.raises(ValueError, match=r"`refresh_interval`, expected seconds >= 0. Received: "):
-        check_seconds("refresh_interval", value)

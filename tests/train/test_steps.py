@@ -146,3 +146,27 @@ def test_a_tuple_output_with_a_compiled_loss_says_what_to_return():
     data = [(torch.zeros(4), torch.tensor(0))] * 4
     with pytest.raises(TypeError, match="returned a tuple, but the compiled loss takes one tensor"):
         ember.Trainer(max_epochs=1, **_quiet(enable_progress_bar=False)).fit(net, DataLoader(data))
+
+
+def test_steps_use_a_models_own_steps_and_the_defaults_otherwise():
+    from ember.train.steps import DefaultSteps, Steps
+
+    class Own(ember.Model):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.body(x)
+
+        def validation_step(self, batch):
+            return {"loss": torch.tensor(7.0)}
+
+    model = Own()
+    model.compile("adam", "cross_entropy")
+    assert isinstance(model, DefaultSteps)
+    steps = Steps(model)
+    assert steps.train_step is None  # the inherited default: the Trainer binds it at fit
+    assert steps.validation_step(None)["loss"].item() == 7.0
+    batch = (torch.zeros(3, 4), torch.zeros(3, dtype=torch.long))
+    assert steps.predict_step(batch).shape == (3, 2)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from ember.serve.repository import ModelRepository
 
-__all__ = ["start_grpc_server", "add_inference_service"]
+__all__ = ["InferenceServicer", "add_inference_service", "start_grpc_server"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,14 +124,16 @@ def add_inference_service(
     """
     from ember.serve.protocols._grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(repository, server_name), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(repository, server_name), server
+    )
 
 
 def _grpc_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """Turn ServeError / bad input into a gRPC status instead of a generic UNKNOWN."""
 
     @functools.wraps(method)
-    async def wrapper(self: _Servicer, request: Any, context: Any) -> Any:
+    async def wrapper(self: InferenceServicer, request: Any, context: Any) -> Any:
         import grpc
 
         try:
@@ -145,8 +147,20 @@ def _grpc_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitab
     return wrapper
 
 
-class _Servicer:
-    """The six v2 RPCs over a model repository (method names are fixed by the proto)."""
+class InferenceServicer:
+    """The six v2 RPCs over a model repository (method names are fixed by the proto).
+
+    ``add_inference_service`` registers one on a ``grpc.aio`` server; a host that routes gRPC
+    calls itself (Ray Serve's proxy) calls its methods directly.
+
+    Args:
+        repository: the models to serve.
+        server_name: the name ``ServerMetadata`` answers.
+
+    Example:
+        >>> servicer = InferenceServicer(repository, "ember")  # doctest: +SKIP
+        >>> await servicer.ModelInfer(request, context)  # doctest: +SKIP
+    """
 
     def __init__(self, repository: ModelRepository, server_name: str) -> None:
         from ember.serve.protocols._grpc import grpc_predict_v2_pb2

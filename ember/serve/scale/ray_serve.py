@@ -25,6 +25,8 @@ from typing import Any
 
 from ray import serve
 
+from ember.serve.options import ServeOptions
+
 __all__ = ["EmberReplica", "GRPC_SERVICER", "application", "deploy"]
 
 logger = logging.getLogger(__name__)
@@ -45,22 +47,20 @@ class EmberReplica:
 
     async def __init__(self, path: str, options: dict[str, Any]) -> None:
         from ember.serve.app import build_app
-        from ember.serve.batching import BatchingConfig
         from ember.serve.metrics import ServeMetrics
-        from ember.serve.protocols.kserve_grpc import _Servicer
+        from ember.serve.protocols.kserve_grpc import InferenceServicer
         from ember.serve.repository import ModelRepository
 
-        batching = BatchingConfig(options.get("max_batch_size", 32),
-                                  options.get("max_queue_delay_ms", 0.0))  # fmt: skip
+        opts = ServeOptions.from_dict(options)
         self.metrics = ServeMetrics()
         self.repository = ModelRepository(
-            path, poll_interval=options.get("poll_interval", 2.0),
-            runtime=options.get("runtime", "auto"), batching=batching, metrics=self.metrics,
+            path, poll_interval=opts.poll_interval, runtime=opts.runtime,
+            batching=opts.batching, metrics=self.metrics,
         )  # fmt: skip
         await self.repository.start()  # Ray sends traffic once the constructor returns
         self._app = build_app(self.repository, metrics=self.metrics,
-                              body_limit=options.get("body_limit", 64 * 1024 * 1024))  # fmt: skip
-        self._grpc = _Servicer(self.repository, "ember")
+                              body_limit=opts.body_limit)  # fmt: skip
+        self._grpc = InferenceServicer(self.repository, "ember")
         _alias_generated_protos()
         self.node = _node_id()
 
@@ -168,7 +168,8 @@ def application(
         resources: custom Ray resources each replica needs (``{"gpu_node": 1}``).
         routing: per model ``{"default": v, "canary": [v, percent], "labels": {"stable": v}}``,
             applied by every replica; change it with another ``serve.run`` (no restart).
-        options: ``poll_interval``, ``runtime``, ``max_batch_size``, ``max_queue_delay_ms``,
+        options: ``ServeOptions`` fields each replica uses: ``poll_interval``, ``runtime``,
+            ``max_batch_size``, ``max_queue_delay_ms``, ``adaptive_batching``, ``target_p99_ms``,
             ``body_limit``.
 
     Returns:
@@ -185,6 +186,7 @@ def application(
     if not os.path.exists(path):
         raise ValueError(f"Model repository {str(path)!r} does not exist.")
     routing = _check_routing(routing)
+    ServeOptions().replace(caller="application", **options)  # a TypeError names a wrong keyword
     deployment = serve.deployment(
         EmberReplica,
         name=name,

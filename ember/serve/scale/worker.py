@@ -189,18 +189,20 @@ async def _send(send: Any, status: int, body: bytes, content_type: bytes = b"app
 
 def main(argv: list[str] | None = None) -> int:
     """Runs worker ``INDEX`` of the group described by the JSON file ``CONFIG``."""
-    from ember.serve.server import _loop_factory, run
+    from ember.serve.options import ServeOptions
+    from ember.serve.server import loop_factory, run
 
     config_path, index = (argv or sys.argv[1:])[:2]
     config = json.loads(Path(config_path).read_text())
+    path, state_dir, rest_fd = config.pop("path"), config.pop("state_dir"), config.pop("rest_fd")
+    options = ServeOptions.from_dict(config)
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s worker-{index} %(name)s %(message)s"
     )
     logging.getLogger("ember.serve.access").setLevel(
-        logging.INFO if config.pop("access_log") else logging.WARNING
+        logging.INFO if options.access_log else logging.WARNING
     )
-    member = GroupMember(Path(config.pop("state_dir")), int(index), config["token"],
-                         rest_fd=config.pop("rest_fd"))  # fmt: skip
+    member = GroupMember(Path(state_dir), int(index), options.token, rest_fd=rest_fd)
     parent = os.getppid()
 
     async def serve_until_stopped() -> None:
@@ -209,11 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         orphan = loop.create_task(_stop_when_orphaned(parent, stop))
-        await run(config.pop("path"), stop=stop, on_start=member.announce, freeze_heap=True,
-                  member=member, **config)  # fmt: skip
+        await run(path, stop=stop, on_start=member.announce, freeze_heap=True, member=member,
+                  options=options)  # fmt: skip
         orphan.cancel()
 
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(serve_until_stopped())
     return 0
 

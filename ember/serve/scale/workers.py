@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ember.serve.options import ServeOptions
+
 __all__ = ["WorkerGroup", "resolve_workers", "serve_workers"]
 
 logger = logging.getLogger(__name__)
@@ -60,20 +62,27 @@ def resolve_workers(workers: int | str) -> int:
     return count
 
 
-def serve_workers(path: str | os.PathLike, *, workers: int, **options: Any) -> int:
+def serve_workers(
+    path: str | os.PathLike,
+    *,
+    workers: int,
+    options: ServeOptions | None = None,
+    **kwargs: Any,
+) -> int:
     """Serves ``path`` with ``workers`` processes until SIGTERM/SIGINT; returns 0.
 
     Args:
         path: what ``ember.serve.serve`` serves.
         workers: number of worker processes (2 or more).
-        options: the other keyword arguments of ``ember.serve.serve``.
+        options: the server's ``ServeOptions`` (its ``workers`` field is ignored).
+        **kwargs: ``ServeOptions`` fields replacing those of ``options``.
 
     Example:
         >>> serve_workers("models", workers=2, port=8080)  # doctest: +SKIP
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    with WorkerGroup(path, workers=workers, **options) as group:
+    with WorkerGroup(path, workers=workers, options=options, **kwargs) as group:
         with asyncio.Runner() as runner:
             runner.run(group.serve_forever())
     return 0
@@ -85,22 +94,31 @@ class WorkerGroup:
     Args:
         path: what the workers serve.
         workers: number of worker processes.
-        options: the keyword arguments of ``ember.serve.serve`` (ports, token, batching, ...).
+        options: the server's ``ServeOptions`` (ports, token, batching, ...).
+        **kwargs: ``ServeOptions`` fields replacing those of ``options``.
 
     Example:
         >>> with WorkerGroup("models", workers=2, port=0) as group:  # doctest: +SKIP
         ...     asyncio.run(group.serve_forever())
     """
 
-    def __init__(self, path: str | os.PathLike, *, workers: int, **options: Any) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        workers: int,
+        options: ServeOptions | None = None,
+        **kwargs: Any,
+    ) -> None:
+        options = ServeOptions.build(options, kwargs, "WorkerGroup")
         if not Path(path).exists():
             raise ValueError(f"Model repository {str(path)!r} does not exist.")
         self.count = workers
-        self.grace_period = float(options.get("grace_period", 30.0))
-        self.host = options.get("host", "127.0.0.1")
-        self._management = (options.pop("management_host", "127.0.0.1"),
-                            options.pop("management_port", 8082))  # fmt: skip
-        self._options = {**options, "path": str(Path(path).resolve())}
+        self.options = options
+        self.grace_period = float(options.grace_period)
+        self.host = options.host
+        self._management = (options.management_host, options.management_port)
+        self._path = str(Path(path).resolve())
         self._reserved: list[socket.socket] = []
         self.procs: list[subprocess.Popen | None] = [None] * workers
         self.members: dict[int, dict] = {}  # index -> {"pid", "control", "ready"}
@@ -122,23 +140,23 @@ class WorkerGroup:
         """Binds the ports, resolves the token and writes the workers' config file."""
         from ember.serve.management import resolve_token
 
-        opts = self._options
-        self._rest = self._listen(self.host, opts.get("port", 8080))
+        opts = self.options
+        self._rest = self._listen(self.host, opts.port)
         port = self._rest.getsockname()[1]
         self.urls["rest"] = f"http://{self.host}:{port}"
-        grpc_port = opts.get("grpc_port", 8081)
+        grpc_port = opts.grpc_port
         if grpc_port is not None:
             grpc_port = self._reserve(self.host, grpc_port)
             self.urls["grpc"] = f"{self.host}:{grpc_port}"
-        token, token_file = opts.pop("token", None), opts.pop("token_file", None)
         if self._management[1] is None:  # only the group's own calls use it: nothing to write
-            self.token = token or secrets.token_urlsafe(32)
+            self.token = opts.token or secrets.token_urlsafe(32)
         else:
-            self.token = resolve_token(token, token_file)
-        config = {**opts, "port": port, "grpc_port": grpc_port, "token": self.token,
-                  "rest_fd": self._rest.fileno(),
-                  "management_host": "127.0.0.1", "management_port": 0,
-                  "state_dir": str(self.state_dir), "access_log": opts.get("access_log", False)}  # fmt: skip
+            self.token = resolve_token(opts.token, opts.token_file)
+        # Each worker: the ports resolved above, the group's token, a private management port.
+        worker = opts.replace(port=port, grpc_port=grpc_port, token=self.token, token_file=None,
+                              management_host="127.0.0.1", management_port=0, workers=1)  # fmt: skip
+        config = {**worker.to_dict(), "path": self._path, "rest_fd": self._rest.fileno(),
+                  "state_dir": str(self.state_dir)}  # fmt: skip
         self.config_file = self.state_dir / "config.json"
         fd = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -71,7 +71,7 @@ def _export(package: Path, to: str, test_data: tuple, console: Any) -> list[str]
             "-" if top1 is None else f"{top1:.3f}",
             "-" if size is None else f"{size / 1024:.0f} KiB",
         )
-    console.print(table)
+    console.print(table, soft_wrap=False)  # cells wrap to the terminal's width
     return failed
 
 

@@ -190,7 +190,7 @@ def environment(trainer: Trainer) -> dict[str, Any]:
         >>> environment(trainer)["device"]  # doctest: +SKIP
         'cpu'
     """
-    from ember import __version__
+    from ember import __version__  # lazy: ember/__init__ is loaded before any of its modules
 
     device = str(trainer.device)
     if trainer.device.type == "cuda":
