@@ -1,6 +1,14 @@
 import numpy as np
 import pytest
 
+# Shared fixtures live in these plugins (never import a test module or a conftest); plain helpers
+# such as wait_until, free_port, tiny_mlp and make_package are imported from tests.plugins.*.
+pytest_plugins = [
+    "tests.plugins.digits",
+    "tests.plugins.processes",
+    "tests.plugins.serving",
+]
+
 
 def pytest_addoption(parser):
     parser.addoption(

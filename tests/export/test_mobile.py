@@ -2,12 +2,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import copy_package
 
 from ember import package
 from ember.export import MissingDependencyError, export
 from ember.export.mobile import run_pte
 from ember.export.onnx import run_onnx
+from tests.plugins.digits import copy_package
 
 
 @pytest.mark.e2e

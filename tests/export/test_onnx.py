@@ -3,13 +3,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import copy_package
 from torch import nn
 
 from ember import package
 from ember.export import ExportError, MissingDependencyError, export
 from ember.export import onnx as onnx_target
 from ember.export.onnx import run_onnx
+from tests.plugins.digits import copy_package
 
 
 def test_onnx_parity_figures_recorded(digits_mlp_package, tmp_path):

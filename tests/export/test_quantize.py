@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
-from conftest import copy_package, digits_data
 
 from ember import package
 from ember.export import ExportError, export
 from ember.export.onnx import run_onnx
 from ember.export.quantize import _shrink, export_int8
+from tests.plugins.digits import copy_package, digits_data
 
 
 def test_int8_mlp_dynamic_size_and_accuracy(digits_mlp_package, digits_test_data, tmp_path):

@@ -10,35 +10,7 @@ from torch import nn
 
 from ember import package
 from ember.package import PackageError
-
-
-class _Tagger(nn.Module):
-    """Embedding + LSTM on int64 ids: the float32 cast of old packages broke this model."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(50, 8)
-        self.lstm = nn.LSTM(8, 8, batch_first=True)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, ids):
-        hidden, _ = self.lstm(self.embed(ids))
-        return self.head(hidden[:, -1])
-
-
-class _TwoHeads(nn.Module):
-    """ids + mask in (keywords), a dict of two outputs out; mean pooling over the sequence."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(50, 8)
-        self.cls = nn.Linear(8, 3)
-        self.reg = nn.Linear(8, 1)
-
-    def forward(self, input_ids, attention_mask):
-        mask = attention_mask.unsqueeze(-1).float()
-        pooled = (self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return {"logits": self.cls(pooled), "score": self.reg(pooled)}
+from tests.plugins.models import TinyTagger, TwoHeads
 
 
 def _batch(rows=4, length=10):
@@ -51,7 +23,7 @@ def _batch(rows=4, length=10):
 
 def test_int64_ids_keep_their_dtype(tmp_path):
     torch.manual_seed(0)
-    model = _Tagger().eval()
+    model = TinyTagger().eval()
     ids = torch.randint(0, 50, (4, 7))
     path = package.save(model, tmp_path / "tagger", example_input=ids)
     manifest = package.read_manifest(path)
@@ -66,13 +38,13 @@ def test_int64_ids_keep_their_dtype(tmp_path):
 
 def test_numpy_int_ids_are_accepted(tmp_path):
     ids = np.random.default_rng(0).integers(0, 50, (3, 5))
-    path = package.save(_Tagger(), tmp_path / "np", example_input=ids)
+    path = package.save(TinyTagger(), tmp_path / "np", example_input=ids)
     assert package.read_manifest(path)["signature"]["inputs"][0]["dtype"] == "int64"
 
 
 def test_dict_inputs_and_dict_outputs_are_named(tmp_path):
     torch.manual_seed(0)
-    model = _TwoHeads().eval()
+    model = TwoHeads().eval()
     batch = _batch()
     path = package.save(model, tmp_path / "two", example_input=batch, task="classification")
     signature = package.read_manifest(path)["signature"]
@@ -95,7 +67,7 @@ def test_dict_inputs_and_dict_outputs_are_named(tmp_path):
 def test_tuple_input_takes_forward_parameter_names(tmp_path):
     batch = _batch()
     path = package.save(
-        _TwoHeads(), tmp_path / "t", example_input=(batch["input_ids"], batch["attention_mask"])
+        TwoHeads(), tmp_path / "t", example_input=(batch["input_ids"], batch["attention_mask"])
     )
     signature = package.read_manifest(path)["signature"]
     assert package.input_names(signature) == ["input_ids", "attention_mask"]
@@ -104,7 +76,7 @@ def test_tuple_input_takes_forward_parameter_names(tmp_path):
 
 def test_dynamic_sequence_axis_is_recorded_and_runs_at_other_lengths(tmp_path):
     torch.manual_seed(0)
-    model = _TwoHeads().eval()
+    model = TwoHeads().eval()
     seq = {"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}}
     path = package.save(model, tmp_path / "d", example_input=_batch(), dynamic_shapes=seq)
     signature = package.read_manifest(path)["signature"]
@@ -124,19 +96,22 @@ def test_dynamic_sequence_axis_is_recorded_and_runs_at_other_lengths(tmp_path):
 
 
 def test_auto_infers_dynamic_axes(tmp_path):
-    path = package.save(_TwoHeads(), tmp_path / "a", example_input=_batch(), dynamic_shapes="auto")
+    path = package.save(TwoHeads(), tmp_path / "a", example_input=_batch(), dynamic_shapes="auto")
     axes = package.read_manifest(path)["signature"]["dynamic_axes"]
     assert axes["input_ids"] == {"1": "sequence"}
     # torch.export unrolls the LSTM over the sample's length: auto leaves that axis static
     lstm = package.save(
-        _Tagger(), tmp_path / "l", example_input=torch.randint(0, 50, (3, 6)), dynamic_shapes="auto"
+        TinyTagger(),
+        tmp_path / "l",
+        example_input=torch.randint(0, 50, (3, 6)),
+        dynamic_shapes="auto",
     )
     assert package.read_manifest(lstm)["signature"]["dynamic_axes"] == {}
 
 
 def test_a_dynamic_axis_the_model_fixes_gives_a_cause_and_advice(tmp_path, caplog):
     path = package.save(
-        _Tagger(),
+        TinyTagger(),
         tmp_path / "f",
         example_input=torch.randint(0, 50, (3, 6)),
         dynamic_shapes={"input": {1: "sequence"}},
@@ -158,13 +133,13 @@ def test_a_dynamic_axis_the_model_fixes_gives_a_cause_and_advice(tmp_path, caplo
 )
 def test_bad_dynamic_shapes_are_rejected(tmp_path, value, message):
     with pytest.raises(ValueError, match=message):
-        package.save(_TwoHeads(), tmp_path / "b", example_input=_batch(), dynamic_shapes=value)
+        package.save(TwoHeads(), tmp_path / "b", example_input=_batch(), dynamic_shapes=value)
 
 
 def test_sample_inputs_must_have_the_same_names(tmp_path):
     with pytest.raises(ValueError, match=r"sample_inputs.*\['input_ids', 'attention_mask'\]"):
         package.save(
-            _TwoHeads(), tmp_path / "s", example_input=_batch(), sample_inputs={"x": torch.ones(2)}
+            TwoHeads(), tmp_path / "s", example_input=_batch(), sample_inputs={"x": torch.ones(2)}
         )
 
 

@@ -27,7 +27,7 @@ from schemathesis import GenerationMode
 
 from ember.serve.errors import ServeError
 from ember.serve.tensors import decode_tensor, numpy_dtype
-from reliability.conftest import serve_fixtures
+from tests.plugins.serving import ServerThread
 
 EXAMPLES_PER_SCALE = 10
 REAL_VALUES = {
@@ -60,7 +60,7 @@ def fuzz_target(tmp_path_factory, template_repo, reliability_scale, figures):
     import shutil
 
     repo = Path(shutil.copytree(template_repo, tmp_path_factory.mktemp("fuzz") / "models"))
-    server = serve_fixtures.ServerThread(repo, host="127.0.0.1", port=0, poll_interval=0,
+    server = ServerThread(repo, host="127.0.0.1", port=0, poll_interval=0,
                                          max_batch_size=8, max_queue_delay_ms=1.0)  # fmt: skip
     server.start()
     raw = httpx.get(server.url + "/openapi.json").json()

@@ -19,16 +19,18 @@ import numpy as np
 import pytest
 import torch
 
-from reliability.conftest import load_in_thread, serve_command, serve_fixtures
+from tests.plugins.models import LABELS, make_package, tiny_mlp
+from tests.plugins.processes import load_in_thread, serve_command
+from tests.plugins.waiting import wait_until
 
 SEEDS = {1: 10, 2: 11, 3: 12}
 CLIENTS = 32
 
 
 def _package(staging: Path, version: int) -> Path:
-    return serve_fixtures.make_package(
-        serve_fixtures.mlp(SEEDS[version]), staging / str(version), torch.randn(6, 4),
-        name="hot", task="classification", labels=serve_fixtures.LABELS,
+    return make_package(
+        tiny_mlp(SEEDS[version]), staging / str(version), torch.randn(6, 4),
+        name="hot", task="classification", labels=LABELS,
     )  # fmt: skip
 
 
@@ -44,7 +46,7 @@ def _requests() -> list[tuple[str, bytes, Any]]:
     """KServe v2, TF Serving and TorchServe requests whose answers name the serving version."""
     x = np.random.default_rng(1).normal(size=(2, 4)).astype(np.float32)
     with torch.no_grad():
-        outs = {v: serve_fixtures.mlp(s)(torch.from_numpy(x)).numpy() for v, s in SEEDS.items()}
+        outs = {v: tiny_mlp(s)(torch.from_numpy(x)).numpy() for v, s in SEEDS.items()}
 
     def which(got: np.ndarray) -> str:
         for v, want in outs.items():
@@ -78,11 +80,15 @@ def _status(url: str) -> dict[int, dict]:
 
 
 def _wait(what: str, condition: Any, timeout: float = 60.0) -> float:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    """Waits for ``condition``; returns the time it was seen (``time.monotonic()``)."""
+    wait_until(condition, timeout, f"waiting for {what}")
     return time.monotonic()
+
+
+def _load_runs(result: Any, what: str) -> None:
+    """Waits until the load got ``2 * CLIENTS`` more answers (each client about two)."""
+    target = result.requests + 2 * CLIENTS
+    wait_until(lambda: result.requests >= target, 60, lambda: f"{what}: {result.failures}")
 
 
 def _serving(url: str) -> set[int]:
@@ -99,18 +105,18 @@ def test_publish_corrupt_and_delete_versions_under_load(tmp_path, server_process
     server = server_process(serve_command(repo, poll_interval=0.2, max_queue_delay_ms=2.0))
     thread, stop, result = load_in_thread(server.url, _requests(), CLIENTS)
     try:
-        time.sleep(1.0)
+        _load_runs(result, "load on version 1")
         published_2 = time.monotonic()
         os.rename(staging / "2", repo / "hot" / "2")  # publish atomically
         gone_1 = _wait("version 2 to replace version 1", lambda: _serving(server.url) == {2})
         os.rename(staging / "3", repo / "hot" / "3")
         _wait("version 3 to fail", lambda: _status(server.url).get(3, {}).get("status", {})
               .get("error_message"))  # fmt: skip
-        time.sleep(1.0)
+        _load_runs(result, "load beside the failed version 3")
         deleted_2 = time.monotonic()
         shutil.rmtree(repo / "hot" / "2")
         gone_2 = _wait("version 1 to serve again", lambda: _serving(server.url) == {1})
-        time.sleep(1.0)
+        _load_runs(result, "load on version 1 again")
     finally:
         stop.set()
         thread.join(60)

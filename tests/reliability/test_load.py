@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from reliability.conftest import run_load, serve_command, serve_fixtures
+from tests.plugins.models import LABELS, tiny_mlp
+from tests.plugins.processes import run_load, serve_command
 
 CLIENTS = 64
 WARM_UP = 1_000
@@ -30,7 +31,7 @@ def _expect(condition: bool, message: str) -> None:
 def _load_requests() -> list[tuple[str, bytes, Any]]:
     """Requests of every REST protocol for ``mlp`` (version 2 serves) and ``half_plus_three``."""
     rng = np.random.default_rng(0)
-    mlp = serve_fixtures.mlp(1)  # the weights of mlp version 2 (seed 1)
+    mlp = tiny_mlp(1)  # the weights of mlp version 2 (seed 1)
     requests = []
     for rows in (1, 3, 8):
         x = rng.normal(size=(rows, 4)).astype(np.float32)
@@ -78,7 +79,7 @@ def _torchserve_check(scores: np.ndarray) -> Any:
     def check(status: int, body: bytes) -> tuple[str, str]:
         _expect(status == 200, f"status {status}: {body[:200]!r}")
         got = json.loads(body)
-        want = {label: float(s) for label, s in zip(serve_fixtures.LABELS, scores)}
+        want = {label: float(s) for label, s in zip(LABELS, scores)}
         _expect(got.keys() == want.keys(), f"labels {list(got)}")
         _expect(all(abs(got[k] - want[k]) < 1e-4 for k in want), "wrong probabilities")
         return "mlp", ""

@@ -21,7 +21,7 @@ import torch
 from ember import package
 from ember.package import PackageError
 from ember.serve.runtime import load_version
-from reliability.conftest import serve_fixtures
+from tests.plugins.models import make_package, tiny_mlp
 
 
 class _Payload:
@@ -37,7 +37,7 @@ class _Payload:
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("pt2") / "mlp"
-    return serve_fixtures.make_package(serve_fixtures.mlp(0), path, torch.randn(3, 4), name="mlp")
+    return make_package(tiny_mlp(0), path, torch.randn(3, 4), name="mlp")
 
 
 def _evil_pickle(tmp_path: Path) -> tuple[bytes, Path]:

@@ -21,17 +21,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from reliability.conftest import cli_command, serve_fixtures
+from tests.plugins.models import make_package
+from tests.plugins.processes import cli_command
+from tests.plugins.waiting import wait_until
 
 ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
 HALF = {"inputs": [{"name": "input", "shape": [2], "datatype": "FP32", "data": [1.0, 2.0]}]}
 
 
 def _wait(what: str, condition: Any, timeout: float = 60.0) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    wait_until(condition, timeout, f"waiting for {what}")
 
 
 def _state(server: Any, name: str, version: int) -> str | None:
@@ -57,7 +56,7 @@ def _manage(server: Any, path: str) -> httpx.Response:
 def _ten_class(path: Path, **meta: Any) -> Path:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 10)).eval()
-    return serve_fixtures.make_package(model, path, torch.randn(6, 4), **meta)
+    return make_package(model, path, torch.randn(6, 4), **meta)
 
 
 def _edit_manifest(package: Path, edit: Any) -> None:

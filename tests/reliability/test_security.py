@@ -28,7 +28,7 @@ from ember.serve.errors import ServeError
 from ember.serve.repository import check_model_name
 from ember.serve.runtime import load_version
 from ember.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from reliability.conftest import serve_fixtures
+from tests.plugins.models import make_package, tiny_mlp
 
 ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
 
@@ -90,7 +90,7 @@ def test_pickle_disguised_as_checkpoint_file_is_refused(tmp_path, file, kind):
 @pytest.fixture(scope="module")
 def clean_package(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("pkg") / "mlp"
-    return serve_fixtures.make_package(serve_fixtures.mlp(0), path, torch.randn(3, 4),
+    return make_package(tiny_mlp(0), path, torch.randn(3, 4),
                                        name="mlp", task="classification")  # fmt: skip
 
 

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from reliability.conftest import cli_command, load_in_thread
+from tests.plugins.processes import cli_command, load_in_thread
+from tests.plugins.waiting import wait_until
 
 GRACE_S = 30.0  # ember.serve.serve's default grace period (the CLI has no option for it)
 CLIENTS = 16
@@ -35,13 +36,17 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_exits_0(
                                         "--max-queue-delay-ms", "1000"))  # fmt: skip
     requests = [("/v2/models/mlp/infer", json.dumps(ROW).encode(), _check)]
     thread, stop, result = load_in_thread(server.url, requests, CLIENTS)
-    time.sleep(2.0 + reliability_scale)
+    # Warm up: about (2 + scale) one-second batches of every client.
+    answers = (2 + reliability_scale) * CLIENTS
+    wait_until(lambda: result.requests >= answers, 120, lambda: f"no load: {result.failures}")
     # Signal 0.3 s after a batch came back: the next requests are inside the server, waiting
     # (up to 1 s) for their batch.
-    deadline = time.monotonic() + 30
-    while not result.versions or not 0.3 < time.monotonic() - result.versions[-1][1] < 0.6:
-        assert time.monotonic() < deadline, f"the load stalled: {result.failures}"
-        time.sleep(0.01)
+    wait_until(
+        lambda: result.versions and 0.3 < time.monotonic() - result.versions[-1][1] < 0.6,
+        30,
+        lambda: f"the load stalled: {result.failures}",
+        interval=0.01,
+    )
     stop.set()  # no new requests after those in flight
     signalled = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)

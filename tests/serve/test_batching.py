@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ember.serve.batching import Batcher, BatchingConfig
-from tests.serve.conftest import mlp
+from tests.plugins.models import tiny_mlp
 
 
 class FakeClock:
@@ -147,7 +147,7 @@ def test_concurrent_http_requests_are_batched_with_unchanged_results(server):
 
     responses = asyncio.run(fire())
     with torch.no_grad():
-        model = mlp(1)
+        model = tiny_mlp(1)
         for x, r in zip(xs, responses):
             out = r.json()["outputs"][0]
             assert out["shape"] == [x.shape[0], 3]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +19,7 @@ from ember.serve.errors import ServeError  # noqa: E402
 from ember.serve.protocols.kserve_grpc import start_grpc_server  # noqa: E402
 from ember.serve.runtime import ModelVersion  # noqa: E402
 from ember.serve.tensors import TensorSpec  # noqa: E402
+from tests.plugins.waiting import free_port  # noqa: E402
 
 
 class _ScaleRuntime:
@@ -102,12 +102,6 @@ class _LoopThread:
         self.loop.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def repo():
     executor = ThreadPoolExecutor(max_workers=1)
@@ -124,7 +118,7 @@ def repo():
 @pytest.fixture(scope="module")
 def url(repo):
     loop = _LoopThread()
-    port = _free_port()
+    port = free_port()
     server = loop.run(start_grpc_server(repo, "127.0.0.1", port))
     yield f"127.0.0.1:{port}"
     loop.run(server.stop(None))
@@ -359,7 +353,7 @@ def _onnx_reference(model_dir: Path, x: np.ndarray) -> np.ndarray:
 
 @pytest.mark.e2e
 def test_real_server_serves_onnx_models_over_grpc(repo_dir, start_server):
-    port = _free_port()
+    port = free_port()
     start_server(repo_dir, grpc_port=port)
     x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
     with tritonclient_grpc.InferenceServerClient(f"127.0.0.1:{port}") as client:

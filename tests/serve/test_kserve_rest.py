@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ember.serve.errors import ServeError
-from tests.serve.conftest import mlp
+from tests.plugins.models import tiny_mlp
 
 
 def _client(server):
@@ -21,7 +21,7 @@ def _client(server):
 
 def _expected(x: np.ndarray, seed: int) -> np.ndarray:
     with torch.no_grad():
-        return mlp(seed)(torch.from_numpy(x)).numpy()
+        return tiny_mlp(seed)(torch.from_numpy(x)).numpy()
 
 
 def test_tritonclient_health_metadata_and_infer(server):

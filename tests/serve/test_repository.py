@@ -16,16 +16,10 @@ import pytest
 
 from ember.serve.errors import ServeError
 from ember.serve.repository import ModelRepository, check_model_name
+from tests.plugins.waiting import wait_until
 
 ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
 HALF = {"inputs": [{"name": "input", "shape": [2], "datatype": "FP32", "data": [1.0, 2.0]}]}
-
-
-def _wait(predicate, timeout: float = 30.0) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def _fix_sha256(package, *names: str) -> None:
@@ -41,7 +35,7 @@ def _states(server, name: str) -> dict[int, str]:
 
 def test_new_version_takes_traffic_with_zero_failed_requests_under_load(server, repo_dir):
     url = server.url + "/v2/models/half_plus_three/infer"
-    failures, versions, stop = [], set(), threading.Event()
+    failures, versions, answers, stop = [], set(), [], threading.Event()
 
     def client() -> None:
         with httpx.Client() as http:
@@ -51,15 +45,17 @@ def test_new_version_takes_traffic_with_zero_failed_requests_under_load(server, 
                     failures.append((r.status_code, r.text))
                 else:
                     versions.add(r.json()["model_version"])
+                answers.append(r.status_code)
 
     threads = [threading.Thread(target=client) for _ in range(4)]
     for t in threads:
         t.start()
     try:
-        _wait(lambda: versions == {"123"})
+        wait_until(lambda: versions == {"123"})
         shutil.copytree(repo_dir / "half_plus_three" / "123", repo_dir / "half_plus_three" / "124")
-        _wait(lambda: _states(server, "half_plus_three").get(123) == "END")
-        time.sleep(0.3)
+        wait_until(lambda: _states(server, "half_plus_three").get(123) == "END")
+        after = len(answers) + 20  # 20 more requests once 123 is gone: all answered by 124
+        wait_until(lambda: len(answers) >= after)
     finally:
         stop.set()
         for t in threads:
@@ -74,7 +70,7 @@ def test_corrupt_version_is_reported_and_never_serves(server, repo_dir, tmp_path
     (bad / "model.onnx").write_bytes(b"this is not an onnx model")
     _fix_sha256(bad, "model.onnx")  # checksums right: the runtime itself must refuse the file
     os.rename(bad, repo_dir / "mlp" / "3")
-    _wait(lambda: _states(server, "mlp").get(3) == "FAILED")
+    wait_until(lambda: _states(server, "mlp").get(3) == "FAILED")
     (row,) = [r for r in server.repository.status("mlp") if r["version"] == 3]
     assert "Cannot load" in row["error"]
     r = httpx.post(server.url + "/v2/models/mlp/infer", json=ROW)
@@ -90,13 +86,13 @@ def test_tampered_package_fails_its_hash_check(server, repo_dir):
     shutil.copytree(repo_dir / "mlp" / "1", bad)
     onnx = (bad / "model.onnx").read_bytes()
     (bad / "model.onnx").write_bytes(onnx[:-1] + bytes([onnx[-1] ^ 1]))
-    _wait(lambda: _states(server, "mlp").get(4) == "FAILED")
+    wait_until(lambda: _states(server, "mlp").get(4) == "FAILED")
     assert httpx.post(server.url + "/v2/models/mlp/infer", json=ROW).json()["model_version"] == "2"
 
 
 def test_removed_version_drains_and_ends(server, repo_dir):
     shutil.rmtree(repo_dir / "mlp" / "1")
-    _wait(lambda: _states(server, "mlp").get(1) == "END")
+    wait_until(lambda: _states(server, "mlp").get(1) == "END")
     r = httpx.post(server.url + "/v2/models/mlp/versions/1/infer", json=ROW)
     assert r.status_code == 404
 
@@ -171,7 +167,7 @@ def test_version_dir_being_written_loads_once_stable(server, repo_dir):
     for f in sorted(os.listdir(repo_dir / "half_plus_three" / "123")):
         shutil.copy(repo_dir / "half_plus_three" / "123" / f, target / f)
         time.sleep(0.05)  # slower than nothing, faster than two polls
-    _wait(lambda: _states(server, "half_plus_three").get(200) == "AVAILABLE")
+    wait_until(lambda: _states(server, "half_plus_three").get(200) == "AVAILABLE")
     assert _states(server, "half_plus_three")[123] in ("UNLOADING", "END")
 
 
@@ -206,7 +202,7 @@ def test_readiness_default_and_strict(repo_dir, tmp_path):
 
 def test_removed_model_directory_is_unloaded_and_forgotten(server, repo_dir):
     shutil.rmtree(repo_dir / "half_plus_three")
-    _wait(lambda: "half_plus_three" not in server.repository.models())
+    wait_until(lambda: "half_plus_three" not in server.repository.models())
     assert httpx.get(server.url + "/v2/health/ready").status_code == 200
     assert httpx.get(server.url + "/ping").status_code == 200
     r = httpx.get(server.url + "/v2/models/half_plus_three")
@@ -215,13 +211,13 @@ def test_removed_model_directory_is_unloaded_and_forgotten(server, repo_dir):
     assert 'ember_models_loaded{model="half_plus_three"}' not in text
     assert 'ember_model_version_state{model="half_plus_three"' not in text
     shutil.copytree(repo_dir / "mlp" / "1", repo_dir / "half_plus_three" / "1")  # it comes back
-    _wait(lambda: "half_plus_three" in server.repository.models()
+    wait_until(lambda: "half_plus_three" in server.repository.models()
           and _states(server, "half_plus_three") == {1: "AVAILABLE"})  # fmt: skip
 
 
 def test_failed_new_model_is_reported_with_its_reason_and_keeps_the_server_ready(server, repo_dir):
     _broken(repo_dir)
-    _wait(
+    wait_until(
         lambda: (
             "broken" in server.repository.models() and _states(server, "broken") == {1: "FAILED"}
         )
@@ -242,11 +238,11 @@ def test_failed_new_model_is_reported_with_its_reason_and_keeps_the_server_ready
 def test_strict_readiness_is_not_ready_while_a_model_fails(repo_dir, start_server):
     _broken(repo_dir)
     server = start_server(repo_dir, wait_ready=False, strict_readiness=True)
-    _wait(lambda: server.repository.started)
+    wait_until(lambda: server.repository.started)
     assert httpx.get(server.url + "/v2/health/ready").status_code == 503
     assert httpx.get(server.url + "/ping").status_code == 503
     shutil.rmtree(repo_dir / "broken")  # the watcher unloads it: every model serves again
-    _wait(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 200)
+    wait_until(lambda: httpx.get(server.url + "/v2/health/ready").status_code == 200)
 
 
 def test_slow_upload_is_pending_until_complete_and_never_unloads_the_serving_version(
@@ -258,7 +254,7 @@ def test_slow_upload_is_pending_until_complete_and_never_unloads_the_serving_ver
     assert sorted(order) == sorted(os.listdir(source))
     for done, name in enumerate(order[:-1]):
         shutil.copy(source / name, target / name)
-        _wait(lambda: _states(server, "half_plus_three").get(124) == "PENDING")
+        wait_until(lambda: _states(server, "half_plus_three").get(124) == "PENDING")
         time.sleep(0.5)  # several scans: still pending, 123 still serves
         assert _states(server, "half_plus_three") == {123: "AVAILABLE", 124: "PENDING"}, done
         r = httpx.post(server.url + "/v2/models/half_plus_three/infer", json=HALF)
@@ -269,4 +265,4 @@ def test_slow_upload_is_pending_until_complete_and_never_unloads_the_serving_ver
     assert tf["model_version_status"][0]["state"] == "START"  # TF Serving's "not yet loading"
     assert "model.pt2" in tf["model_version_status"][0]["status"]["error_message"]
     shutil.copy(source / "model.pt2", target / "model.pt2")
-    _wait(lambda: _states(server, "half_plus_three").get(124) == "AVAILABLE")
+    wait_until(lambda: _states(server, "half_plus_three").get(124) == "AVAILABLE")

@@ -8,32 +8,19 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from ember import export, package
 from ember.serve.errors import ServeError
 from ember.serve.runtime import load_version
+from tests.plugins.models import TwoHeads
 
 SEQ = {"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}}
-
-
-class _TwoHeads(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(50, 8)
-        self.cls = nn.Linear(8, 3)
-        self.reg = nn.Linear(8, 1)
-
-    def forward(self, input_ids, attention_mask):
-        mask = attention_mask.unsqueeze(-1).float()
-        pooled = (self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return {"logits": self.cls(pooled), "score": self.reg(pooled)}
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     torch.manual_seed(0)
-    model = _TwoHeads().eval()
+    model = TwoHeads().eval()
     ids = torch.randint(0, 50, (4, 10))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     path = package.save(model, tmp_path_factory.mktemp("p") / "two", example_input=batch,

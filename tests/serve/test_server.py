@@ -18,6 +18,7 @@ import pytest
 from starlette.routing import Route
 
 from ember.serve.app import build_app, openapi_schema
+from tests.plugins.waiting import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
@@ -29,15 +30,9 @@ sys.exit(serve(sys.argv[1], port=int(sys.argv[2]), grpc_port=None, management_po
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.e2e
 def test_sigterm_finishes_in_flight_requests_and_exits_0(repo_dir):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-c", SCRIPT, str(repo_dir), str(port)],
@@ -45,16 +40,15 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(repo_dir):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
+
+        def ready() -> bool:
             assert proc.poll() is None, proc.stderr.read()
             try:
-                if httpx.get(url + "/v2/health/ready").status_code == 200:
-                    break
+                return httpx.get(url + "/v2/health/ready").status_code == 200
             except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "server never became ready"
-            time.sleep(0.1)
+                return False
+
+        wait_until(ready, 90, "server never became ready", interval=0.1)
         result: dict = {}
         # The request waits up to 1.5 s in the batching queue: SIGTERM arrives while it is in flight.
         request = threading.Thread(
@@ -141,11 +135,11 @@ def _start_cli_server(repo: Path, tmp_path: Path, name: str) -> tuple[subprocess
 
 
 def _wait_for(lines: list, proc: subprocess.Popen, text: str, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while not any(text in line for line in lines):
+    def seen() -> bool:
         assert proc.poll() is None, "".join(lines)
-        assert time.time() < deadline, "".join(lines)
-        time.sleep(0.05)
+        return any(text in line for line in lines)
+
+    wait_until(seen, timeout, lambda: "".join(lines))
 
 
 def _listed(lines: list, label: str) -> str:
@@ -194,10 +188,9 @@ def test_grpc_and_management_port_0_pick_free_ports_and_loaded_models_are_announ
     assert int(port) > 0 and not server.info["management"].endswith(":0")
     with socket.create_connection((host, int(port)), timeout=5):
         pass
-    deadline = time.time() + 30
-    while "Loaded model     mlp (version 1, 2)" not in caplog.text:
-        assert time.time() < deadline, caplog.text
-        time.sleep(0.05)
+    wait_until(
+        lambda: "Loaded model     mlp (version 1, 2)" in caplog.text, 30, lambda: caplog.text
+    )
     assert "Loaded model     half_plus_three (version 123)" in caplog.text
 
 

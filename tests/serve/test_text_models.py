@@ -7,7 +7,6 @@ sequence length than the stored sample wherever the sequence axis is dynamic.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import httpx
@@ -17,22 +16,12 @@ import torch
 from torch import nn
 
 from ember import export, package
+from tests.plugins.models import TinyTagger
+from tests.plugins.waiting import free_port
 
 pytestmark = pytest.mark.e2e
 
 SEQ = {"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}}
-
-
-class _Tagger(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(50, 8)
-        self.lstm = nn.LSTM(8, 8, batch_first=True)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, ids):
-        hidden, _ = self.lstm(self.embed(ids))
-        return self.head(hidden[:, -1])
 
 
 class _TwoHeads(nn.Module):
@@ -78,7 +67,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     models = {
         "bert": (_bert(), _ids(4, 16, 100), SEQ, "classification"),
         "gpt2": (_gpt2(), _ids(4, 16, 100), SEQ, None),
-        "tagger": (_Tagger().eval(), torch.randint(0, 50, (4, 7)), None, "classification"),
+        "tagger": (TinyTagger().eval(), torch.randint(0, 50, (4, 7)), None, "classification"),
         "two": (_TwoHeads().eval(), _ids(4, 10), SEQ, "classification"),
     }
     for name, (model, example, dynamic, task) in models.items():
@@ -107,9 +96,7 @@ def test_tritonclient_http_and_grpc_at_another_sequence_length(repo, start_serve
     import tritonclient.http as httpclient
 
     root, models = repo
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = start_server(root, grpc_port=port)
     rng = np.random.default_rng(1)
     for name in ("bert", "gpt2", "two"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.serve.conftest import LABELS, mlp
+from tests.plugins.models import LABELS, tiny_mlp
 
 
 def test_model_status_matches_the_docs_example(server):
@@ -54,7 +54,7 @@ def test_unknown_model_matches_the_docs_error(server):
 def test_predict_row_and_columnar_forms(server):
     x = [[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, 1.0, 1.0]]
     with torch.no_grad():
-        expected = mlp(1)(torch.tensor(x)).numpy()
+        expected = tiny_mlp(1)(torch.tensor(x)).numpy()
     row = httpx.post(server.url + "/v1/models/mlp:predict", json={"instances": x}).json()
     np.testing.assert_allclose(row["predictions"], expected, atol=1e-5)
     named = httpx.post(
@@ -70,7 +70,7 @@ def test_predict_row_and_columnar_forms(server):
 def test_versions_and_labels_pick_the_version(server):
     x = [[0.5, -1.0, 2.0, 0.0]]
     with torch.no_grad():
-        v1 = mlp(0)(torch.tensor(x)).numpy()
+        v1 = tiny_mlp(0)(torch.tensor(x)).numpy()
     for path in ("/v1/models/mlp/versions/1:predict", "/v1/models/mlp/labels/stable:predict"):
         r = httpx.post(server.url + path, json={"instances": x})
         np.testing.assert_allclose(r.json()["predictions"], v1, atol=1e-5)

@@ -6,7 +6,7 @@ import httpx
 import numpy as np
 import torch
 
-from tests.serve.conftest import LABELS, mlp
+from tests.plugins.models import LABELS, tiny_mlp
 
 
 def test_ping_is_healthy_when_ready(server):
@@ -17,7 +17,7 @@ def test_ping_is_healthy_when_ready(server):
 def test_one_instance_of_a_classifier_gives_top_labels(server):
     x = [0.5, -1.0, 2.0, 0.0]
     with torch.no_grad():
-        probs = torch.softmax(mlp(1)(torch.tensor([x])), dim=1)[0].numpy()
+        probs = torch.softmax(tiny_mlp(1)(torch.tensor([x])), dim=1)[0].numpy()
     r = httpx.post(server.url + "/predictions/mlp", json=x)
     assert r.status_code == 200, r.text
     answer = r.json()

@@ -3,20 +3,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import ember
-from ember import layers
 from ember.train.callbacks import Callback, CallbackError, EarlyStopping, LearningRateMonitor
 from ember.train.loggers import Logger
+from tests.plugins.models import tiny_sequential
 
 N, BATCH = 32, 8  # 4 batches per epoch
-
-
-def _model(lr=0.1, **compile_kwargs):
-    torch.manual_seed(0)
-    model = ember.Sequential(
-        [layers.Input((4,)), layers.Dense(8, activation="relu"), layers.Dense(3)]
-    )
-    model.compile("sgd", "cross_entropy", lr=lr, **compile_kwargs)
-    return model
 
 
 def _data(n=N):
@@ -75,7 +66,7 @@ class _Recorder(Logger):
 # -- EarlyStopping ----------------------------------------------------------------------------
 def test_early_stopping_stops_after_patience_epochs_without_improvement():
     stopper = EarlyStopping(monitor="score", mode="min", patience=2)
-    trainer, history = _fit(_model(), [_Scores([5, 4, 4.5, 4.2, 3, 2]), stopper], epochs=6)
+    trainer, history = _fit(tiny_sequential(), [_Scores([5, 4, 4.5, 4.2, 3, 2]), stopper], epochs=6)
     assert len(history.epochs) == 4  # best at epoch 1, no improvement in 2 and 3
     assert (stopper.best, stopper.best_epoch, stopper.stopped_epoch) == (4, 1, 3)
     assert trainer.should_stop
@@ -83,14 +74,14 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement():
 
 def test_early_stopping_mode_max_and_min_delta():
     stopper = EarlyStopping(monitor="score", mode="max", patience=2, min_delta=0.1)
-    _, history = _fit(_model(), [_Scores([1.0, 1.05, 1.08, 1.5, 1.6]), stopper], epochs=5)
+    _, history = _fit(tiny_sequential(), [_Scores([1.0, 1.05, 1.08, 1.5, 1.6]), stopper], epochs=5)
     assert len(history.epochs) == 3  # +0.05 and +0.08 are below min_delta
     assert stopper.best == 1.0
 
 
 def test_early_stopping_without_stop_runs_every_epoch():
     stopper = EarlyStopping(monitor="score", mode="min", patience=1)
-    _, history = _fit(_model(), [_Scores([3, 2, 1]), stopper], epochs=3)
+    _, history = _fit(tiny_sequential(), [_Scores([3, 2, 1]), stopper], epochs=3)
     assert len(history.epochs) == 3
     assert stopper.stopped_epoch == -1
 
@@ -103,7 +94,7 @@ def test_early_stopping_auto_mode_follows_the_name():
 def test_restore_best_weights_loads_the_best_epoch():
     snapshots = _Snapshots()
     stopper = EarlyStopping(monitor="score", mode="min", patience=10, restore_best_weights=True)
-    model = _model()
+    model = tiny_sequential()
     _fit(model, [_Scores([3, 1, 2, 4]), snapshots, stopper], epochs=4)
     final = model.state_dict()
     assert all(torch.equal(final[k], v) for k, v in snapshots.weights[1].items())
@@ -112,7 +103,7 @@ def test_restore_best_weights_loads_the_best_epoch():
 
 def test_without_restore_best_weights_the_last_weights_stay():
     snapshots = _Snapshots()
-    model = _model()
+    model = tiny_sequential()
     stopper = EarlyStopping(monitor="score", mode="min", patience=10)
     _fit(model, [_Scores([3, 1, 2]), snapshots, stopper], epochs=3)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in snapshots.weights[-1].items())
@@ -120,7 +111,7 @@ def test_without_restore_best_weights_the_last_weights_stay():
 
 def test_early_stopping_on_a_missing_value_lists_the_available_keys():
     with pytest.raises(CallbackError, match="EarlyStopping failed in on_epoch_end") as info:
-        _fit(_model(), [EarlyStopping(monitor="val_loss")], epochs=1)
+        _fit(tiny_sequential(), [EarlyStopping(monitor="val_loss")], epochs=1)
     message = str(info.value)
     assert "monitors 'val_loss', which was not logged" in message
     assert "Available: loss, lr" in message
@@ -129,7 +120,7 @@ def test_early_stopping_on_a_missing_value_lists_the_available_keys():
 
 def test_early_stopping_reads_validation_values():
     stopper = EarlyStopping(monitor="val_loss", patience=5)
-    _, history = _fit(_model(), [stopper], epochs=2, val=True)
+    _, history = _fit(tiny_sequential(), [stopper], epochs=2, val=True)
     assert stopper.best == min(history.history["val_loss"])
 
 
@@ -147,7 +138,7 @@ def test_early_stopping_bad_arguments(kwargs, match):
 
 def test_early_stopping_state_round_trips():
     stopper = EarlyStopping(monitor="score", mode="min", patience=3)
-    _fit(_model(), [_Scores([2, 1, 3]), stopper], epochs=3)
+    _fit(tiny_sequential(), [_Scores([2, 1, 3]), stopper], epochs=3)
     copy = EarlyStopping(monitor="score", mode="min", patience=3)
     copy.load_state_dict(stopper.state_dict())
     assert (copy.best, copy.wait, copy.best_epoch) == (1, 1, 1)
@@ -156,7 +147,9 @@ def test_early_stopping_state_round_trips():
 # -- LearningRateMonitor and schedulers -------------------------------------------------------
 def test_learning_rate_monitor_per_epoch(tmp_path):
     rec = _Recorder(tmp_path)
-    model = _model(scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5))
+    model = tiny_sequential(
+        scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+    )
     _fit(model, [LearningRateMonitor()], epochs=3, logger=rec)
     epoch_lrs = [(s, v) for s, v in rec.values("lr")]
     # on_train_epoch_start logs the lr the epoch trains with; the epoch-end logs add "lr" too.
@@ -166,7 +159,7 @@ def test_learning_rate_monitor_per_epoch(tmp_path):
 
 def test_learning_rate_monitor_per_step_with_a_per_step_scheduler(tmp_path):
     rec = _Recorder(tmp_path)
-    model = _model(
+    model = tiny_sequential(
         scheduler=lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5),
         scheduler_interval="step",
     )
@@ -205,7 +198,9 @@ def test_learning_rate_monitor_bad_interval():
 
 
 def test_scheduler_per_epoch_history_lr():
-    model = _model(scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5))
+    model = tiny_sequential(
+        scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+    )
     trainer, history = _fit(model, epochs=3)
     assert history.history["lr"] == pytest.approx([0.1, 0.05, 0.025])
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0125)
@@ -233,7 +228,7 @@ def test_scheduler_per_step_from_configure_optimizers():
 
 
 def test_reduce_lr_on_plateau_reads_the_monitored_value():
-    model = _model(
+    model = tiny_sequential(
         scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, factor=0.5, patience=0
         ),
@@ -250,7 +245,7 @@ def test_reduce_lr_on_plateau_reads_the_monitored_value():
 
 
 def test_reduce_lr_on_plateau_without_the_monitored_value():
-    model = _model(
+    model = tiny_sequential(
         scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
         scheduler_monitor="val_loss",
     )
@@ -280,7 +275,7 @@ def test_a_failing_callback_is_named_with_its_hook():
     with pytest.raises(
         CallbackError, match=r"Callback _BoomOnBatch failed in on_train_batch_end: ValueError: boom"
     ) as info:
-        _fit(_model(), [_BoomOnBatch(), seen], epochs=1)
+        _fit(tiny_sequential(), [_BoomOnBatch(), seen], epochs=1)
     assert isinstance(info.value.__cause__, ValueError)
     assert [type(e) for e in seen.exceptions] == [CallbackError]  # on_exception still ran
 
@@ -296,7 +291,7 @@ def test_every_hook_reports_a_failure(hook):
     with pytest.raises(
         CallbackError, match=rf"Callback Failing failed in {hook}: RuntimeError: bad"
     ):
-        _fit(_model(), [Failing()], epochs=1)
+        _fit(tiny_sequential(), [Failing()], epochs=1)
 
 
 def test_hooks_run_in_order_with_the_loop_position():
@@ -327,7 +322,7 @@ def test_hooks_run_in_order_with_the_loop_position():
             self.events.append("fit_end")
 
     trace = Trace()
-    _fit(_model(), [trace], epochs=1, val=True)
+    _fit(tiny_sequential(), [trace], epochs=1, val=True)
     assert trace.events == [
         "fit_start",
         "epoch_start 0",
@@ -361,7 +356,7 @@ def test_uses_hook_skips_a_hook_a_setting_turns_off():
             self.epochs += 1
 
     on, off = Counts(per_batch=True), Counts(per_batch=False)
-    _fit(_model(), [on, off], epochs=1)
+    _fit(tiny_sequential(), [on, off], epochs=1)
     assert (on.batches, on.epochs) == (4, 1)
     assert (off.batches, off.epochs) == (0, 1)
     assert not Callback().uses_hook("on_epoch_end")  # not overridden: never called

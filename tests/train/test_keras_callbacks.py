@@ -7,20 +7,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import ember
-from ember import layers
 from ember.callbacks import LambdaCallback, ReduceLROnPlateau, TerminateOnNaN
 from ember.train.callbacks import Callback, CallbackError
+from tests.plugins.models import tiny_sequential
 
 N, BATCH = 32, 8  # 4 batches per epoch
-
-
-def _model(lr=0.1):
-    torch.manual_seed(0)
-    model = ember.Sequential(
-        [layers.Input((4,)), layers.Dense(8, activation="relu"), layers.Dense(3)]
-    )
-    model.compile("sgd", "cross_entropy", lr=lr)
-    return model
 
 
 def _data(n=N):
@@ -54,7 +45,7 @@ class _Scores(Callback):
 def test_reduce_lr_on_plateau_drops_the_rate_after_patience_epochs_and_keeps_min_lr():
     scores = [1.0, 0.5, 0.6, 0.6, 0.6, 0.6, 0.6]
     reduce = ReduceLROnPlateau(monitor="score", factor=0.5, patience=2, min_lr=0.03)
-    trainer, history = _fit(_model(lr=0.1), [_Scores(scores), reduce], epochs=7)
+    trainer, history = _fit(tiny_sequential(lr=0.1), [_Scores(scores), reduce], epochs=7)
     # epochs 3 and 4 do not improve: the rate halves after epoch 4; epochs 5, 6 again: min_lr
     assert history.history["lr"][:4] == pytest.approx([0.1] * 4)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.03)
@@ -80,7 +71,7 @@ def test_reduce_lr_on_plateau_rejects_bad_arguments(kwargs, match):
 
 def test_reduce_lr_on_plateau_names_a_missing_monitor():
     with pytest.raises(CallbackError, match="ReduceLROnPlateau monitors 'val_loss'"):
-        _fit(_model(), [ReduceLROnPlateau()], epochs=1)
+        _fit(tiny_sequential(), [ReduceLROnPlateau()], epochs=1)
 
 
 def test_lambda_callback_calls_functions_with_keras_signatures():
@@ -92,7 +83,7 @@ def test_lambda_callback_calls_functions_with_keras_signatures():
         on_epoch_end=lambda epoch, logs: calls.append(("epoch_end", epoch, round(logs["loss"], 6))),
         on_train_end=lambda logs: calls.append(("train_end", "loss" in logs)),
     )
-    _, history = _fit(_model(), [cb], epochs=2)
+    _, history = _fit(tiny_sequential(), [cb], epochs=2)
     assert calls[0] == ("train_begin",)
     assert calls[1] == ("epoch_begin", 0)
     assert calls[2:6] == [("batch", i, float) for i in range(4)]
@@ -109,7 +100,7 @@ def test_lambda_callback_uses_only_the_hooks_given():
 
 
 def _nan_model():
-    model = _model()
+    model = tiny_sequential()
     model.compile("sgd", lambda pred, y: pred.sum() * float("nan"), lr=0.1)
     return model
 

@@ -8,20 +8,15 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from torch.utils.data import DataLoader, TensorDataset
 
 import ember
-from ember import layers
 from ember.train import budget
 from ember.train.loggers import CSVLogger, Logger, TensorBoardLogger, next_version
+from tests.plugins.models import tiny_sequential
 
 N, BATCH, EPOCHS = 32, 8, 3  # 4 batches per epoch
 
 
-def _model(metrics=("accuracy",)):
-    torch.manual_seed(0)
-    model = ember.Sequential(
-        [layers.Input((4,)), layers.Dense(8, activation="relu"), layers.Dense(3)]
-    )
-    model.compile("sgd", "cross_entropy", list(metrics), lr=0.1)
-    return model
+def _model():
+    return tiny_sequential(metrics=["accuracy"])
 
 
 def _loaders():

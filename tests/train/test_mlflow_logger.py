@@ -1,10 +1,8 @@
 """MLflowLogger against a real MLflow tracking server (SQLite backend) that the test starts."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +12,9 @@ import torch
 import ember
 from ember import layers
 from ember.train.mlflow_logger import MLflowLogger
+from tests.plugins.waiting import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +22,7 @@ def tracking_uri(tmp_path_factory):
     pytest.importorskip("mlflow")
     import httpx
 
-    root, port = tmp_path_factory.mktemp("mlflow"), _free_port()
+    root, port = tmp_path_factory.mktemp("mlflow"), free_port()
     argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
             "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
             "--artifacts-destination", str(root / "artifacts")]  # fmt: skip
@@ -37,16 +30,16 @@ def tracking_uri(tmp_path_factory):
     proc = subprocess.Popen(argv, cwd=root, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 240  # migrations and imports: slow on a busy machine
-        while True:
+
+        def healthy() -> bool:
             assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
             try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
+                return httpx.get(url + "/health", timeout=2).status_code == 200
             except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "the MLflow server never answered /health"
-            time.sleep(0.25)
+                return False
+
+        # migrations and imports: slow on a busy machine
+        wait_until(healthy, 240, "the MLflow server never answered /health", interval=0.25)
         yield url
     finally:
         proc.terminate()

@@ -9,12 +9,11 @@ from ember.data import make_loader
 from ember.train import budget
 from ember.train.callbacks import CallbackError
 from ember.train.sampler import ResumableSampler
+from tests.plugins.models import tiny_mlp
 
 
 def _net(seed=0):
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    return ember.compile(net, "sgd", "cross_entropy", lr=0.1)
+    return ember.compile(tiny_mlp(seed), "sgd", "cross_entropy", lr=0.1)
 
 
 def _trainer(**kw):

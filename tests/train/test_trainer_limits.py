@@ -5,17 +5,12 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import ember
-from ember import layers
 from ember.callbacks import LambdaCallback
+from tests.plugins.models import tiny_sequential
 
 
 def _model(lr=0.05):
-    torch.manual_seed(0)
-    model = ember.Sequential(
-        [layers.Input((4,)), layers.Dense(16, activation="relu"), layers.Dense(3)]
-    )
-    model.compile("adam", "cross_entropy", ["accuracy"], lr=lr)
-    return model
+    return tiny_sequential(hidden=16, optimizer="adam", metrics=["accuracy"], lr=lr)
 
 
 def _data(n=64, seed=1):

@@ -7,14 +7,14 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.plugins.waiting import free_port, wait_until
 
 yaml = pytest.importorskip("yaml")
 jsonschema = pytest.importorskip("jsonschema")
@@ -130,16 +130,10 @@ def test_container_runs_the_runtime_command_line_as_a_non_root_user():
     assert re.search(r'^ember = "ember.cli:main"$', (ROOT / "pyproject.toml").read_text(), re.M)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.e2e
 def test_the_runtime_command_line_answers_its_probes(template_repo, tmp_path):
     container = _runtime()["spec"]["containers"][0]
-    rest, grpc = _free_port(), _free_port()
+    rest, grpc = free_port(), free_port()
     models = shutil.copytree(template_repo, tmp_path / "models")
     mapping = {
         "/mnt/models": str(models),
@@ -153,16 +147,18 @@ def test_the_runtime_command_line_answers_its_probes(template_repo, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "ember.cli", "serve", *args], env=env)
     try:
         probes = {k: container[k]["httpGet"] for k in ("livenessProbe", "readinessProbe")}
-        deadline = time.monotonic() + 90
         answers: dict[str, int] = {}
-        while time.monotonic() < deadline and set(answers.values()) != {200}:
+
+        def probed() -> bool:
             for name, probe in probes.items():
                 port = {8080: rest, 8081: grpc}[probe["port"]]
                 try:
                     answers[name] = httpx.get(f"http://127.0.0.1:{port}{probe['path']}").status_code
                 except httpx.HTTPError:
                     answers[name] = 0
-            time.sleep(0.2)
+            return set(answers.values()) == {200}
+
+        wait_until(probed, 90, lambda: str(answers), interval=0.2)
         assert answers == {"livenessProbe": 200, "readinessProbe": 200}
         tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
         with tritonclient_grpc.InferenceServerClient(f"127.0.0.1:{grpc}") as client:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,15 +20,10 @@ serve = pytest.importorskip("ray.serve")
 ray = pytest.importorskip("ray")
 
 from ember.serve.scale.ray_serve import GRPC_SERVICER, application  # noqa: E402
+from tests.plugins.waiting import free_port, wait_until  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[3]
 BODY = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ray(*args: str, env: dict) -> None:
@@ -51,7 +45,7 @@ def cluster(template_repo, tmp_path_factory):
            "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}  # fmt: skip
     patch = pytest.MonkeyPatch()
     patch.setenv("RAY_AUTH_MODE", "disabled")  # for this process's ray.init
-    gcs = _free_port()
+    gcs = free_port()
     try:
         _ray("start", "--head", f"--port={gcs}", "--num-cpus=1", '--resources={"head_node": 1}',
              "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
@@ -60,7 +54,7 @@ def cluster(template_repo, tmp_path_factory):
              '--resources={"second_node": 1}', "--node-ip-address=127.0.0.1", env=env)  # fmt: skip
         ray.init(address=f"127.0.0.1:{gcs}", log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}})  # fmt: skip
-        http, grpc = _free_port(), _free_port()
+        http, grpc = free_port(), free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": http},
                     grpc_options={"port": grpc, "grpc_servicer_functions": [GRPC_SERVICER]})  # fmt: skip
         yield {"repo": repo, "url": f"http://127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}",
@@ -144,15 +138,14 @@ def test_routing_reaches_every_replica(deployed):
 def test_hot_reload_reaches_every_replica(deployed):
     src = deployed["repo"] / "half_plus_three"
     shutil.copytree(src / "123", src / "124")
-    deadline = time.monotonic() + 120
-    while True:
-        answers = _infer(deployed, "half_plus_three", 20)
-        if {v for _, _, v in answers} == {"124"} and len(
-            {r.split("/")[0] for _, r, _ in answers}
-        ) == 2:
-            break
-        assert time.monotonic() < deadline, answers
-        time.sleep(0.5)
+    seen: dict = {}
+
+    def reloaded() -> bool:
+        answers = seen["answers"] = _infer(deployed, "half_plus_three", 20)
+        replicas = {r.split("/")[0] for _, r, _ in answers}
+        return {v for _, _, v in answers} == {"124"} and len(replicas) == 2
+
+    wait_until(reloaded, 120, lambda: str(seen["answers"]), interval=0.5)
 
 
 @pytest.mark.e2e
@@ -179,14 +172,12 @@ def test_killing_a_replica_loses_only_its_in_flight_requests(deployed):
     for t in threads:
         t.start()
     try:
-        time.sleep(1.0)
+        wait_until(lambda: len(results) >= 20, 120, "no answers before the kill")
         before = len(results)
         killed = time.monotonic()
         ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]))
-        deadline = time.monotonic() + 120
-        while len(results) < before + 200:  # requests keep being answered after the kill
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        # requests keep being answered after the kill
+        wait_until(lambda: len(results) >= before + 200, 120, lambda: str(results[-5:]), 0.1)
     finally:
         stop.set()
         for t in threads:
@@ -206,15 +197,15 @@ def test_cli_runs_the_application_until_stopped(deployed):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env)
     try:
-        deadline = time.monotonic() + 180
-        while True:
+
+        def ready() -> bool:
+            assert proc.poll() is None, f"the CLI exited {proc.returncode}"
             try:
-                if httpx.get(deployed["url"] + "/v2/health/ready").status_code == 200:
-                    break
+                return httpx.get(deployed["url"] + "/v2/health/ready").status_code == 200
             except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.5)
+                return False
+
+        wait_until(ready, 180, "the CLI's application never became ready", interval=0.5)
         assert {status for status, _, _ in _infer(deployed, n=5)} == {200}
     finally:
         proc.terminate()

@@ -6,14 +6,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.plugins.waiting import free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -21,28 +21,21 @@ ROOT = Path(__file__).resolve().parents[3]
 BODY = {"inputs": [{"name": "input", "shape": [1], "datatype": "FP32", "data": [4.0]}]}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait(condition, what: str, timeout: float = 90.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """``wait_until(condition)``, an HTTP error counting as not yet."""
+
+    def attempt():
         try:
-            value = condition()
+            return condition()
         except httpx.HTTPError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+            return None
+
+    return wait_until(attempt, timeout, f"waiting for {what}", interval=0.1)
 
 
 class Group:
     def __init__(self, repo: Path, tmp: Path) -> None:
-        self.rest, self.grpc, self.mgmt = _free_port(), _free_port(), _free_port()
+        self.rest, self.grpc, self.mgmt = free_port(), free_port(), free_port()
         token_file = tmp / "token"
         cmd = [sys.executable, "-m", "ember.cli", "serve", str(repo), "--workers", "2",
                "--port", str(self.rest), "--grpc-port", str(self.grpc),
@@ -129,16 +122,16 @@ def test_a_management_change_applies_to_every_worker_and_says_so(group):
 def test_hot_reload_reaches_every_worker_and_none_drops_a_version_first(group):
     src = group.repo / "half_plus_three"
     shutil.copytree(src / "123", src / "124")
-    deadline = time.monotonic() + 90
-    while True:
-        index = group.index()
+    seen: dict = {}
+
+    def swapped() -> bool:
+        index = seen["index"] = group.index()
         dropped = any(v.get(123) in ("UNLOADING", "END") for v in index.values())
         if dropped:  # a worker dropped 123: every worker serves 124 already
             assert all(v.get(124) == "AVAILABLE" for v in index.values()), index
-        if all(v.get(123) == "END" and v.get(124) == "AVAILABLE" for v in index.values()):
-            break
-        assert time.monotonic() < deadline, index
-        time.sleep(0.05)
+        return all(v.get(123) == "END" and v.get(124) == "AVAILABLE" for v in index.values())
+
+    wait_until(swapped, 90, lambda: str(seen["index"]))
     assert group.infer().json()["model_version"] == "124"
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import shutil
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,49 +13,8 @@ import httpx
 import pytest
 import torch
 
-logger = logging.getLogger(__name__)
-
-LABELS = ["a", "b", "c"]
-
-
-class HalfPlusThree(torch.nn.Module):
-    """TF Serving's documentation model: y = x / 2 + 3."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * 0.5 + 3.0
-
-
-def mlp(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
-
-
-def make_package(model: torch.nn.Module, path: Path, example: torch.Tensor, **meta: Any) -> Path:
-    """A package with model.onnx: ember.package.save + ember.export, else written by hand."""
-    try:
-        from ember import export, package
-
-        package.save(model, path, example_input=example, **meta)
-        export.export(path, ["onnx"])
-        return path
-    except ImportError:
-        logger.warning("ember.package/export unavailable: writing the package by hand")
-    path.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        model, (example,), str(path / "model.onnx"), input_names=["input"],
-        output_names=["output"], dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
-    )  # fmt: skip
-    out = model(example)
-    manifest = {
-        "format": "ember.package", "format_version": 1, "name": meta.get("name"),
-        "task": meta.get("task"), "labels": meta.get("labels"),
-        "signature": {
-            "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, *example.shape[1:]]}],
-            "outputs": [{"name": "output", "dtype": "float32", "shape": [-1, *out.shape[1:]]}],
-        },
-    }  # fmt: skip
-    (path / "ember.json").write_text(json.dumps(manifest))
-    return path
+from tests.plugins.models import LABELS, HalfPlusThree, make_package, tiny_mlp
+from tests.plugins.waiting import wait_until
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +23,7 @@ def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     and models/half_plus_three/123 (policy latest)."""
     root = tmp_path_factory.mktemp("template") / "models"
     for version, seed in ((1, 0), (2, 1)):
-        make_package(mlp(seed), root / "mlp" / str(version), torch.randn(6, 4),
+        make_package(tiny_mlp(seed), root / "mlp" / str(version), torch.randn(6, 4),
                      name="mlp", task="classification", labels=LABELS)  # fmt: skip
     config = {"version_policy": {"all": {}}, "labels": {"stable": 1, "canary": 2}}
     (root / "mlp" / "config.json").write_text(json.dumps(config))
@@ -116,10 +73,11 @@ class ServerThread:
         if self.error is not None:
             raise self.error
         if wait_ready:
-            deadline = time.time() + 60
-            while httpx.get(self.url + "/v2/health/ready").status_code != 200:
-                assert time.time() < deadline, "server never became ready"
-                time.sleep(0.05)
+            wait_until(
+                lambda: httpx.get(self.url + "/v2/health/ready").status_code == 200,
+                60,
+                "server never became ready",
+            )
         return self
 
     @property
