@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ember import data as _data
+from ember import package as _package
 from ember.layers import auto_names, check_call, materialize
 from ember.train import steps
 
@@ -181,8 +182,6 @@ class Model(steps.DefaultSteps, nn.Module):
         sample of inputs the last `fit` kept (up to 64 rows of its training data, also stored as
         the package's parity sample unless `sample_inputs` is given).
         """
-        from ember import package  # lazy: save writes a model package, which builds on Model
-
         sample = getattr(self, "_fit_sample", None)  # CPU tensors, as the model is saved on CPU
         if sample is not None:
             kwargs.setdefault("sample_inputs", sample)
@@ -201,7 +200,7 @@ class Model(steps.DefaultSteps, nn.Module):
         device = _device_of(self)
         self.cpu()  # trace and store on the CPU, where every export target starts from
         try:
-            return package.save(self, path, example_input=example_input, **kwargs)
+            return _package.save(self, path, example_input=example_input, **kwargs)
         finally:
             self.to(device)
 
@@ -400,3 +399,6 @@ def _quiet_trainer(model: Model):
         enable_checkpointing=False,
         enable_report=False,
     )
+
+
+_package.register_architecture("sequential", Sequential.from_config)

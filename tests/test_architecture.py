@@ -29,6 +29,9 @@ RANKS = {
     "ember.optimizers": 0,
     "ember.data": 0,
     "ember.summary": 0,
+    # The package format takes any nn.Module and imports no other part of ember; the model layer
+    # writes packages and registers how its architectures are rebuilt (register_architecture).
+    "ember.package": 0,
     "ember.model": 1,
     "ember.train.compile": 1,
     "ember.train.steps": 1,
@@ -38,9 +41,6 @@ RANKS = {
     "ember.report": 2,
     "ember.export": 2,
     "ember.serve": 2,
-    "ember.package": 2,
-    "ember.package_manifest": 2,
-    "ember.package_program": 2,
     "ember.loading": 2,
     "ember.demo": 2,
     "ember.cli": 3,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ember.package.cause import advice, first_line
 from ember.package.describe import inspect_text
-from ember.package.load import LoadedModel, load
+from ember.package.load import LoadedModel, load, register_architecture
 from ember.package.manifest import (
     FORMAT,
     FORMAT_VERSION,
@@ -40,6 +40,7 @@ from ember.package.save import save
 from ember.package.signature import dims_for_export, input_names
 
 __all__ = [
+    "register_architecture",
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from ember.package.program import load_program
 from ember.package.sample import load_named_sample
 from ember.package.signature import input_names
 
-__all__ = ["FlatProgram", "LoadedModel", "load"]
+__all__ = ["FlatProgram", "LoadedModel", "load", "register_architecture"]
 
 # Format 2 exports a FlatModule, whose user model sits under this attribute.
 _FLAT_PREFIX = "model."
@@ -57,8 +58,9 @@ def load(path: str | os.PathLike) -> LoadedModel:
         module.load_state_dict({prefix + k: v for k, v in weights.items()}, strict=False)
         return LoadedModel(module, names)
     architecture = manifest.get("architecture")
-    if isinstance(architecture, dict) and architecture.get("kind") == "sequential":
-        return LoadedModel(_rebuild_sequential(path, architecture, weights), names)
+    build = _ARCHITECTURES.get(architecture.get("kind")) if isinstance(architecture, dict) else None
+    if build is not None:
+        return LoadedModel(_rebuild(path, build(architecture), weights), names)
     cause = manifest.get("export_error") or "model.pt2 is not in the package"
     raise PackageError(
         f"Package {path} has no torch.export program and no rebuildable architecture "
@@ -114,12 +116,25 @@ class FlatProgram(torch.nn.Module):
         return self
 
 
-def _rebuild_sequential(path: Path, architecture: dict, weights: dict) -> torch.nn.Module:
-    try:
-        from ember.model import Sequential
-    except ImportError as exc:
-        raise PackageError(f"Cannot rebuild the architecture of {path}: {exc}") from exc
-    model = Sequential.from_config(architecture)
+# architecture "kind" -> a function building the (unbuilt) model from ember.json's config. The model
+# layer fills it (ember.model registers "sequential"), so the package never imports the model layer.
+_ARCHITECTURES: dict[str, Callable[[dict], torch.nn.Module]] = {}
+
+
+def register_architecture(kind: str, build: Callable[[dict], torch.nn.Module]) -> None:
+    """Let :func:`load` rebuild packages whose manifest ``architecture`` has this ``kind``.
+
+    Args:
+        kind: the ``"kind"`` a model's ``get_config()`` writes (``"sequential"``).
+        build: ``config -> module``, its lazy layers not yet built.
+
+    Example:
+        >>> register_architecture("sequential", Sequential.from_config)
+    """
+    _ARCHITECTURES[kind] = build
+
+
+def _rebuild(path: Path, model: torch.nn.Module, weights: dict) -> torch.nn.Module:
     inputs, _ = load_named_sample(path)
     model.eval()
     with torch.no_grad():
