@@ -34,7 +34,7 @@ from ember.serve.errors import ServeError
 from ember.serve.protocols import JSONResponse, error_response, read_body, read_json
 from ember.serve.repository import check_model_name
 
-__all__ = ["build_management_app", "resolve_token", "DEFAULT_TOKEN_FILE"]
+__all__ = ["build_management_app", "refuse_token", "resolve_token", "DEFAULT_TOKEN_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +97,9 @@ def build_management_app(repository: Any, token: str) -> Starlette:
 
     def guarded(handler: Any) -> Any:
         async def route(request: Request) -> Response:
-            given = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                response = error_response(401, "Missing or wrong bearer token (Authorization: "
-                                          "Bearer <token>, from the token file).")  # fmt: skip
-                response.headers["WWW-Authenticate"] = "Bearer"
-                return response
+            refused = refuse_token(request, expected)
+            if refused is not None:
+                return refused
             try:
                 name = request.path_params.get("name")
                 if name is not None:
@@ -182,3 +179,21 @@ def _field(payload: dict, key: str) -> Any:
     if key not in payload:
         raise ServeError(400, f"The request body needs {key!r}; received keys: {sorted(payload)}.")
     return payload[key]
+
+
+def refuse_token(request: Request, expected: bytes) -> Response | None:
+    """A 401 unless the request carries ``expected`` (``b"Bearer <token>"``); None when it does.
+
+    The comparison takes the same time whatever the token, so it leaks nothing by timing.
+
+    Example:
+        >>> refused = refuse_token(request, b"Bearer s3cret")  # doctest: +SKIP
+    """
+    given = request.headers.get("authorization", "").encode()
+    if hmac.compare_digest(given, expected):
+        return None
+    response = error_response(
+        401, "Missing or wrong bearer token (Authorization: Bearer <token>, from the token file)."
+    )
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response

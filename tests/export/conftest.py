@@ -1,9 +1,10 @@
-"""A static file server for the export tests of browser targets (the digits packages come from
-tests/plugins/digits.py)."""
+"""The npm runtime and a static file server for the export tests of browser and JS targets (the
+digits packages come from tests/plugins/digits.py)."""
 
 from __future__ import annotations
 
 import functools
+import shutil
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,6 +23,16 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
     def log_message(self, *args) -> None:  # keep test output clean
         pass
+
+
+@pytest.fixture(scope="session")
+def npm_dir() -> Path:
+    """The pinned npm packages (onnxruntime-web/node, @tensorflow/tfjs, playwright-core)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("the web and tfjs targets need Node.js and npm (apt-get install nodejs npm)")
+    from ember.export.web import ensure_npm_runtime
+
+    return ensure_npm_runtime()
 
 
 @pytest.fixture

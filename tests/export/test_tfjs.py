@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import ember
-import ember.export.web as web
 from ember import layers as L
 from ember import package
 from ember.export import ExportError, export
@@ -23,13 +22,6 @@ from ember.export.tfjs import _build, convert, import_tfjs, tfjs_predict
 ROOT = Path(__file__).resolve().parents[2]
 BROWSER_CHECK = Path(__file__).with_name("js") / "tfjs_browser_check.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
-
-
-@pytest.fixture(scope="session")
-def npm_dir() -> Path:
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("the tfjs target needs Node.js and npm (apt-get install nodejs npm)")
-    return web.ensure_npm_runtime()
 
 
 @pytest.fixture(scope="module")

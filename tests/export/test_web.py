@@ -19,13 +19,6 @@ BROWSER_CHECK = Path(__file__).with_name("js") / "browser_check.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-@pytest.fixture(scope="session")
-def npm_dir() -> Path:
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("the web target needs Node.js and npm (apt-get install nodejs npm)")
-    return web.ensure_npm_runtime()
-
-
 @pytest.fixture(scope="module")
 def web_package(digits_mlp_package, npm_dir, tmp_path_factory) -> Path:
     """A copy of the digits MLP package with the onnx and web targets exported."""

@@ -14,7 +14,6 @@ worker accepted is kept in the group's journal and replayed on a worker that res
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ember.serve.management import refuse_token
 from ember.serve.protocols import JSONResponse, error_response
 from ember.serve.scale._http import fetch
 
@@ -42,12 +42,9 @@ def build_fanout_app(group: WorkerGroup) -> Starlette:
     expected = f"Bearer {group.token}".encode()
 
     async def route(request: Request) -> Response:
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            response = error_response(401, "Missing or wrong bearer token (Authorization: "
-                                      "Bearer <token>, from the token file).")  # fmt: skip
-            response.headers["WWW-Authenticate"] = "Bearer"
-            return response
+        refused = refuse_token(request, expected)
+        if refused is not None:
+            return refused
         body = await request.body()
         if len(body) > _BODY_LIMIT:
             return error_response(413, f"Request body over {_BODY_LIMIT} bytes.")
