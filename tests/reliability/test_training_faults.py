@@ -41,6 +41,7 @@ SCRIPT = textwrap.dedent(
     import json, os, sys, threading, time, torch, ember
     import ember.train.checkpoint as ckpt
     import ember.train.checkpoint_files as ckpt_files
+    import ember.train.resume as resume_module
     from torch import nn
     from ember.data import make_loader
 
@@ -66,7 +67,7 @@ SCRIPT = textwrap.dedent(
     def counting_save(*args, **kwargs):
         saves[0] += 1
         return real_save(*args, **kwargs)
-    ckpt.save_checkpoint = counting_save
+    resume_module.save_checkpoint = counting_save  # where the Trainer's saves call it
     wrap("hash_file", "data", before=False)     # a data file written and synced, meta.json not
     wrap("move_into_place", "meta")             # complete in .tmp-*, not renamed into place
     wrap("remove_quietly", "cleanup")           # new one in place, the old one still aside
@@ -134,6 +135,9 @@ def test_kill_9_during_saves_then_resume_is_bit_identical(tmp_path, reliability_
     runs, steps, kills, target = 0, [], 0, len(STAGES) * reliability_scale
     cut = tmp_path / "cut-0"
     while kills < target:
+        assert runs <= 3 * target, (
+            f"{runs} runs reached the end without a kill: a stage never fires"
+        )
         stage = STAGES[kills % len(STAGES)]
         nth = rng.uniform(0.3, 0.9) * duration if stage == "timer" else rng.randint(2, 8)
         run = _train(cut, stage, nth, resume=True)

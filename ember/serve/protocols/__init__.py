@@ -155,8 +155,12 @@ def _unparsed(value: Any) -> Any:
 
 
 def error_response(status: int, message: str) -> JSONResponse:
-    """Returns ``{"error": message}`` with ``status``."""
-    return JSONResponse({"error": message}, status_code=status)
+    """Returns ``{"error": message}`` with ``status``.
+
+    A 408 also closes the connection: the rest of the slow body is never read.
+    """
+    headers = {"Connection": "close"} if status == 408 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def parse_length(value: str, what: str) -> int:
