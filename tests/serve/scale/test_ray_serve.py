@@ -148,10 +148,10 @@ def test_hot_reload_reaches_every_replica(deployed):
     wait_until(reloaded, 120, lambda: str(seen["answers"]), interval=0.5)
 
 
-@pytest.mark.e2e
 RAY_SETTLE_S = 2.0
 
 
+@pytest.mark.e2e
 def test_killing_a_replica_loses_only_its_in_flight_requests(deployed):
     """Ray Serve does not resend a request whose replica died while running it (it may not be
     idempotent): those answer 500. Every request sent after the kill must be answered."""
