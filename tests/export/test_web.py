@@ -154,7 +154,7 @@ def two_input_package(npm_dir, tmp_path_factory) -> Path:
 
 
 @pytest.mark.e2e
-def test_named_int64_bundle_in_headless_chromium(two_input_package, static_server, npm_dir, tmp_path):
+def test_int64_inputs_bundle_in_chromium(two_input_package, static_server, npm_dir, tmp_path):
     """The page of a two-input int64 model runs the stored and the varied sample in the browser."""
     if not CHROMIUM.is_file():
         pytest.skip("Debian chromium is not installed (apt-get install chromium chromium-driver)")
