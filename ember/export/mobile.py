@@ -193,18 +193,20 @@ def _write_pte(package_dir: Path, signature: dict, static: bool) -> dict:
 
 def _check_still_dynamic(program: Any, signature: dict, names: list[str]) -> None:
     """Fail with the axis's name when lowering fixed a dynamic axis at its traced size."""
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
     values = {n.name: n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder"}
     axes = signature.get("dynamic_axes") or {}
     for name, placeholder in zip(names, program.graph_signature.user_inputs):
         shape = getattr(values.get(placeholder), "shape", None)
         wanted = {0: "batch", **{int(a): d for a, d in (axes.get(name) or {}).items()}}
         for axis, dim in wanted.items():
-            if shape is not None and not isinstance(shape[axis], torch.SymInt):
+            if shape is not None and is_concrete_int(shape[axis]):  # a SymInt may be fixed too
+                other = "" if axis == 0 else f", or save the package without {dim!r}"
                 raise ExportError(
                     f"ExecuTorch fixed the dynamic axis {dim!r} of input {name!r} at "
                     f"{shape[axis]} while lowering, so the program would fail on other sizes. "
-                    "Way out: ember export DIR --to mobile --static (fixed shapes), or drop "
-                    f"{dim!r} from the package's dynamic_shapes."
+                    f"Way out: ember export DIR --to mobile --static (fixed shapes){other}."
                 )
 
 
