@@ -48,6 +48,7 @@ class _SplitGate(torch.nn.Module):
         return a * torch.sigmoid(b)
 
 
+@pytest.mark.e2e
 def test_mobile_split_keeps_the_batch_dynamic(tmp_path):
     pytest.importorskip("executorch")
     torch.manual_seed(0)
