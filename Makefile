@@ -11,12 +11,16 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
+# pip byte-compiles what it installs, except an editable install's own sources: compile them, so
+# `import ember` reads bytecode (also where PYTHONDONTWRITEBYTECODE keeps Python from caching it).
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install --quiet -e '.[all]'
+	$(PY) -m compileall -q ember
 	touch $@
 
 $(DEV_STAMP): $(PY) pyproject.toml
 	$(PIP) install --quiet -e '.[dev]'
+	$(PY) -m compileall -q ember
 	touch $(STAMP) $@
 
 install: $(STAMP)

@@ -21,9 +21,9 @@ see the same machine. Every process gets one torch thread (`OMP_NUM_THREADS=1`);
 goes to /dev/null on every side. A side whose package is missing (pip install 'ember[bench]') is
 skipped.
 
-What no framework built on torch.optim avoids: the first optimizer step imports torch._dynamo
-(`torch.optim.Optimizer.step` does, ~1.5 s here; Keras' torch backend imports it with `import
-keras`, Lightning with `import lightning`). It is in every side's first model.
+torch.optim imports torch._dynamo (~1 s here) when an optimizer is first built or stepped; Keras'
+torch backend imports it with `import keras`, Lightning with `import lightning`. An eager ember
+fit does not (ember/train/deferred_dynamo.py): the saving is part of ember's first model.
 
 Run:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/first_fit.py --rounds 5

@@ -24,6 +24,7 @@ from ember.train.backup import BackupAndRestore
 from ember.train.batches import batch_mover, batch_size, example_input, materialize
 from ember.train.budget import TimeBudget
 from ember.train.callbacks import Callback, CallbackRunner
+from ember.train.deferred_dynamo import deferred_dynamo
 from ember.train.distributed import get_strategy
 from ember.train.history import History
 from ember.train.loggers import Logger
@@ -32,6 +33,7 @@ from ember.train.model_checkpoint import ModelCheckpoint
 from ember.train.precision import Precision
 from ember.train.run_dir import share_run_dir, write_run_record
 from ember.train.steps import Steps, bind_train_step
+from ember.train.strategies import SingleDevice
 from ember.train.trainer_setup import default_callbacks, make_loggers, nan_message
 
 __all__ = ["Trainer"]
@@ -207,6 +209,12 @@ class Trainer:
         Returns:
             The History of per-epoch metrics.
         """
+        # An eager, one-process fit runs torch.optim without importing torch._dynamo (~1 s).
+        eager = not self.compile and isinstance(self.strategy, SingleDevice)
+        with deferred_dynamo(eager):
+            return self._fit(model, train_data, val_data, ckpt_path)
+
+    def _fit(self, model: nn.Module, train_data: Any, val_data: Any, ckpt_path: Any) -> History:
         steps = Steps(model)
         backup = next((c for c in self.callbacks if isinstance(c, BackupAndRestore)), None)
         if ckpt_path is None and backup is not None:
@@ -284,8 +292,8 @@ class Trainer:
         step = steps.train_step or bind_train_step(steps.module)
         step = self.strategy.wrap_step(steps.module, step)
         steps.train_step = self.precision.wrap_step(step)
-        if self.compile:
-            steps.module.compile()
+        if self.compile:  # torch's Module.compile: an ember.Model's own compile() is Keras'
+            nn.Module.compile(steps.module)
         self.optimizer, self.scheduler, self.scheduler_interval, self.scheduler_monitor = (
             steps.configure_optimizers()
         )
