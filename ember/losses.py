@@ -56,7 +56,8 @@ class CrossEntropy:
         )
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        pred, target = align_tokens(pred, target, self.shift_labels)
+        if pred.ndim > 2:  # per-token outputs (checked here: this runs every batch)
+            pred, target = align_tokens(pred, target, self.shift_labels)
         try:
             return self._loss(pred, target)
         except (IndexError, RuntimeError) as exc:  # only on failure: no check costs a step

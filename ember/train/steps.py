@@ -192,6 +192,8 @@ def prediction(out: Any) -> torch.Tensor:
 
 def _inputs_and_targets(cfg: CompileConfig, batch: Any) -> tuple[Any, Any]:
     """Inputs and targets; token targets of padded positions (attention_mask 0) become -100."""
+    if type(batch) in (list, tuple) and len(batch) == 2 and type(batch[0]) is torch.Tensor:
+        return batch[0], batch[1]  # the usual (x, y), first: this runs every batch
     x, y = split_batch(batch, cfg.target_key)
     mask = x.get("attention_mask") if isinstance(x, dict) else None
     if (
@@ -208,7 +210,8 @@ def _forward_and_loss(
     module: nn.Module, cfg: CompileConfig, x: Any, y: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if cfg.loss_fn is not None:
-        pred = prediction(call_module(module, x))
+        out = module(x) if type(x) is torch.Tensor else call_module(module, x)
+        pred = out if type(out) is torch.Tensor else prediction(out)
         if not isinstance(pred, torch.Tensor):
             raise TypeError(
                 f"{type(module).__name__} returned a {type(pred).__name__}, but the compiled loss "
