@@ -188,3 +188,21 @@ def test_write_manifest_is_atomic(saved):
     package.write_manifest(path, {**package.read_manifest(path), "name": "renamed"})
     assert package.read_manifest(path)["name"] == "renamed"
     assert not [p for p in path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_saving_again_removes_the_earlier_export_targets(saved, caplog):
+    """A re-saved package must not keep model.onnx (or web/...) exported from the old weights."""
+    _, x, path = saved
+    for name in ("model.onnx", "web/model.onnx"):
+        (path / name).parent.mkdir(exist_ok=True)
+        (path / name).write_bytes(b"exported from the old weights")
+        package.record_target(path, name.split("/")[0].split(".")[0], {"file": name}, [name])
+    (path / "notes.txt").write_text("mine")  # not listed by ember: kept
+    with caplog.at_level(logging.INFO, logger="ember.package.save"):
+        package.save(nn.Linear(16, 3), path, example_input=x[:1].flatten(1))
+    assert not (path / "model.onnx").exists() and not (path / "web").exists()
+    assert (path / "notes.txt").read_text() == "mine"
+    manifest = package.read_manifest(path)
+    assert manifest["targets"] == {} and "model.onnx" not in manifest["files"]
+    assert "Removed 2 export file(s)" in caplog.text
+    package.load(path)  # every listed file is there
