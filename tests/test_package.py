@@ -1,7 +1,11 @@
 import json
 import logging
+import os
 import pickle
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -206,3 +210,31 @@ def test_saving_again_removes_the_earlier_export_targets(saved, caplog):
     assert manifest["targets"] == {} and "model.onnx" not in manifest["files"]
     assert "Removed 2 export file(s)" in caplog.text
     package.load(path)  # every listed file is there
+
+
+SAVE_BERT = """
+import sys, torch
+from transformers import BertConfig, BertForSequenceClassification  # torchao's notices come here
+import ember
+model = BertForSequenceClassification(BertConfig(
+    vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    intermediate_size=64, max_position_embeddings=64, num_labels=2)).eval()
+ids = torch.randint(1, 64, (4, 12))
+print("--- save ---", file=sys.stderr, flush=True)
+seq = {"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}}
+ember.save(model, sys.argv[1], example_input={"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+           dynamic_shapes=seq, task="classification")
+"""
+
+
+@pytest.mark.e2e
+def test_saving_a_hugging_face_model_prints_nothing(tmp_path):
+    """ember.save on a transformers BERT adds no warning of its own (docs/export.md says so)."""
+    pytest.importorskip("transformers")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-c", SAVE_BERT, str(tmp_path / "bert")], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = proc.stderr.split("--- save ---", 1)[1]
+    assert after.strip() == "" and proc.stdout == "", after
