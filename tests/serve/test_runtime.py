@@ -238,3 +238,24 @@ def test_a_request_longer_than_the_packages_recorded_maximum_is_a_clear_400() ->
             await mv.close()
 
     asyncio.run(main())
+
+
+def test_a_bad_request_leaves_no_onnxruntime_log_line_on_stderr(tmp_path, capfd) -> None:
+    # a token id past the vocabulary printed "[E:onnxruntime:...] ... Gather node" in colour
+    # codes on the server's stderr for every such request (the client gets the 400 anyway)
+    import onnx
+    from onnx import TensorProto, helper
+
+    table = helper.make_tensor("table", TensorProto.FLOAT, [4, 2], [0.0] * 8)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["out"])], "embed",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 2])], [table],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "embed.onnx")
+    session = ort_session(tmp_path / "embed.onnx")
+    with pytest.raises(Exception, match="out of data bounds"):
+        session.run(None, {"ids": np.array([1, 99], np.int64)})
+    assert "onnxruntime" not in capfd.readouterr().err
