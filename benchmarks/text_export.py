@@ -61,7 +61,6 @@ def models() -> dict:
         vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=64, num_labels=3))  # fmt: skip
     gpt2_config = GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=64)
-    gpt2_config._attn_implementation = "eager"  # fused SDPA cannot lower to ExecuTorch
     ids = torch.randint(0, 100, (8, 16))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     return {
@@ -74,15 +73,21 @@ def models() -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--targets", default="onnx,int8,web")
+    p.add_argument(
+        "--targets", default="onnx,int8,web", help="comma-separated; mobile:static for --static"
+    )
+    p.add_argument("--models", default="", help="comma-separated name prefixes, e.g. gpt2")
     args = p.parse_args(argv)
     targets = [t for t in args.targets.split(",") if t]
+    wanted = tuple(m for m in args.models.split(",") if m)
     torch.manual_seed(0)
     print(
         f"{'model':<38} {'target':<7} {'seconds':>8} {'x onnx':>7} {'max_abs':>9} {'max_rel':>9}  checked"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for name, (model, example, dynamic, task) in models().items():
+            if wanted and not name.startswith(wanted):
+                continue
             path = Path(tmp) / name.split()[0]
             start = time.perf_counter()
             package.save(
@@ -93,8 +98,9 @@ def main(argv: list[str] | None = None) -> None:
             onnx_seconds = None
             for target in targets:
                 start = time.perf_counter()
+                kind, _, mode = target.partition(":")  # "mobile:static"
                 try:
-                    info = export.export(path, [target], min_top1=0.5)[target]
+                    info = export.export(path, [kind], min_top1=0.5, static=mode == "static")[kind]
                 except Exception as exc:  # report and go on: one failing target is a result
                     print(f"{'':<38} {target:<7} failed: {str(exc)[:150]}")
                     continue

@@ -474,12 +474,15 @@ def serve_ports(port: int, grpc_port: int | None, management_port: int | None) -
 
 def _version() -> str:
     import platform
-
-    import torch
+    from importlib.metadata import PackageNotFoundError, version
 
     from ember import __version__
 
-    return f"ember {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
+    try:  # the installed distribution's version: importing torch would take a second
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "not installed"
+    return f"ember {__version__} (torch {torch_version}, Python {platform.python_version()})"
 
 
 def _positive_int(text: str) -> int:

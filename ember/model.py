@@ -90,6 +90,9 @@ class Model(steps.DefaultSteps, nn.Module):
             validation_steps: the same for a validation generator.
             **trainer_kwargs: any `ember.Trainer` argument (precision, seed, logger, ...).
         """
+        x = self._table_rows(x)
+        if isinstance(validation_data, tuple) and validation_data:
+            validation_data = (self._table_rows(validation_data[0]), *validation_data[1:])
         train, val = _fit_data(x, y, validation_split, validation_data)
         if sample_weight is not None:
             train = _with_sample_weight(train, x, y, sample_weight)
@@ -122,14 +125,16 @@ class Model(steps.DefaultSteps, nn.Module):
 
     def evaluate(self, x: Any, y: Any = None, *, batch_size: int = 32) -> dict[str, float]:
         """Loss and compiled metrics on the given data, e.g. {"loss": 0.1, "accuracy": 0.97}."""
-        loader = _data.make_loader(x, y, batch_size=batch_size)
+        loader = _data.make_loader(self._table_rows(x), y, batch_size=batch_size)
         return _quiet_trainer(self).validate(self, loader)
 
     def predict(self, x: Any, *, batch_size: int = 32, activation: str | None = None) -> np.ndarray:
         """The model's raw outputs for `x` as a numpy array (logits for a logits head).
 
         Args:
-            x: inputs (numpy arrays, tensors, a Dataset or a DataLoader).
+            x: inputs (numpy arrays, tensors, a Dataset or a DataLoader); for a model with a
+                `layers.TableEncoder` also a DataFrame or a dict of columns, raw categories
+                included (encoded with the encoder's vocabularies).
             batch_size: samples per batch.
             activation: None (the outputs as they are), "softmax" (over the last dim) or
                 "sigmoid" to turn logits into probabilities; see also `predict_proba`.
@@ -139,13 +144,29 @@ class Model(steps.DefaultSteps, nn.Module):
                 f"Unknown activation {activation!r} for predict. Choose one of: None, "
                 f"{', '.join(a for a in _PREDICT_ACTIVATIONS if a)}."
             )
-        loader = _data.make_loader(x, batch_size=batch_size)
+        loader = _data.make_loader(self._table_rows(x), batch_size=batch_size)
         out = _quiet_trainer(self).predict(self, loader)
         if activation == "softmax":
             out = out.softmax(dim=-1)
         elif activation == "sigmoid":
             out = out.sigmoid()
         return out.numpy()
+
+    def _table_rows(self, x: Any) -> Any:
+        """A DataFrame (or a dict holding every column) for a model with a `TableEncoder`: its
+        rows encoded with the encoder's vocabularies, as `TabularData.encode` does. Else `x`."""
+        from ember.data.tables import encode_rows, is_table
+        from ember.layers.preprocessing import TableEncoder
+
+        if not (is_table(x) or isinstance(x, dict)):
+            return x
+        encoder = next((m for m in self.modules() if isinstance(m, TableEncoder)), None)
+        if encoder is None:
+            return x
+        names = [c["name"] for c in encoder.columns]
+        if isinstance(x, dict) and not set(names) <= set(x):
+            return x  # named inputs of a multi-input model, not table columns
+        return encode_rows(encoder.columns, x)
 
     def predict_proba(self, x: Any, *, batch_size: int = 32) -> np.ndarray:
         """Probabilities for `x`: softmax of logits (sigmoid for one output); outputs of a model

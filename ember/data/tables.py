@@ -69,15 +69,7 @@ class TabularData:
         Example:
             >>> model.predict(table.encode(pd.DataFrame({"area": [70.0], "city": ["Lyon"]})))
         """
-        pd = _pandas()
-        frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
-        missing = [c["name"] for c in self.columns if c["name"] not in frame.columns]
-        if missing:
-            raise ValueError(
-                f"The rows lack the feature columns {missing}. Expected columns: "
-                f"{[c['name'] for c in self.columns]}"
-            )
-        return _encode(frame, self.columns)
+        return encode_rows(self.columns, frame)
 
     @property
     def preprocessing(self) -> dict:
@@ -179,6 +171,32 @@ def _column_spec(series: Any, name: str, categorical: bool) -> dict:
     mean = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
     std = float(np.nanstd(values)) if np.isfinite(values).any() else 1.0
     return {"name": name, "kind": "numeric", "mean": mean, "std": std}
+
+
+def encode_rows(columns: list[dict], frame: Any) -> np.ndarray:
+    """Rows (a DataFrame or a dict of columns) -> float32 `(N, F)` in `columns` order.
+
+    Numbers as they are, each category as its index in the column's vocabulary (-1: unknown or
+    missing): the input of a `layers.TableEncoder` built from the same `columns`. Columns not
+    listed (the target, an id) are ignored.
+
+    Raises:
+        ValueError: a listed column is missing, or a numeric column holds text.
+    """
+    pd = _pandas()
+    frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
+    missing = [c["name"] for c in columns if c["name"] not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"The rows lack the feature columns {missing}. Expected columns: "
+            f"{[c['name'] for c in columns]}"
+        )
+    return _encode(frame, columns)
+
+
+def is_table(x: Any) -> bool:
+    """Whether `x` is a pandas DataFrame (checked without importing pandas)."""
+    return type(x).__name__ == "DataFrame" and hasattr(x, "columns") and hasattr(x, "to_numpy")
 
 
 def _encode(frame: Any, columns: list[dict]) -> np.ndarray:

@@ -149,7 +149,8 @@ def _native_stderr_hidden() -> Iterator[None]:
 def _write_pte(package_dir: Path, signature: dict, static: bool) -> dict:
     """Lower to XNNPACK; returns the upper bound of each dynamic dim (empty when static)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     model = package.load(package_dir).flat
     inputs, _ = package.load_named_sample(package_dir)
@@ -167,14 +168,46 @@ def _write_pte(package_dir: Path, signature: dict, static: bool) -> dict:
         trace = tuple(_grow(t, n, signature, bounds) for n, t in inputs.items())
         shapes = package.dims_for_export(signature, max_batch=MAX_BATCH, max_sizes=bounds)
     try:
-        program = torch.export.export(model, trace, dynamic_shapes=shapes)
-        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        # Trace and decompose attention with the math kernel: the CPU fused kernel's decomposition
+        # returns another memory layout than the kernel traced, so a later .view (GPT-2's Conv1D)
+        # fails with "Cannot view a tensor ..." (pytorch/pytorch#136543).
+        with sdpa_kernel([SDPBackend.MATH]):
+            program = torch.export.export(model, trace, dynamic_shapes=shapes)
+            lowered = to_edge_transform_and_lower(
+                program,
+                partitioner=[XnnpackPartitioner()],
+                # ExecuTorch 1.5's dtype verifier takes len() of an op's first output tensor
+                # (split, unbind: Tensor[] outputs), which fixes a dynamic batch at the traced
+                # size; the program then fails at run time with error 0x12. Skip it when dynamic.
+                compile_config=EdgeCompileConfig(_check_ir_validity=static),
+            )
         (package_dir / PTE_FILE).write_bytes(lowered.to_executorch().buffer)
     except Exception as exc:  # export and lowering raise many types
         raise ExportError(
             "Cannot export to ExecuTorch: " + way_out(exc, target="mobile", static=static)
         ) from exc
+    if not static:
+        _check_still_dynamic(lowered.exported_program(), signature, list(inputs))
     return bounds
+
+
+def _check_still_dynamic(program: Any, signature: dict, names: list[str]) -> None:
+    """Fail with the axis's name when lowering fixed a dynamic axis at its traced size."""
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
+    values = {n.name: n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder"}
+    axes = signature.get("dynamic_axes") or {}
+    for name, placeholder in zip(names, program.graph_signature.user_inputs):
+        shape = getattr(values.get(placeholder), "shape", None)
+        wanted = {0: "batch", **{int(a): d for a, d in (axes.get(name) or {}).items()}}
+        for axis, dim in wanted.items():
+            if shape is not None and is_concrete_int(shape[axis]):  # a SymInt may be fixed too
+                other = "" if axis == 0 else f", or save the package without {dim!r}"
+                raise ExportError(
+                    f"ExecuTorch fixed the dynamic axis {dim!r} of input {name!r} at "
+                    f"{shape[axis]} while lowering, so the program would fail on other sizes. "
+                    f"Way out: ember export DIR --to mobile --static (fixed shapes){other}."
+                )
 
 
 def _grow(t: torch.Tensor, name: str, signature: dict, bounds: dict) -> torch.Tensor:

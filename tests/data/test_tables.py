@@ -108,6 +108,26 @@ def test_a_csv_trains_and_its_package_applies_the_same_preprocessing(tmp_path, q
     assert stored["columns"] == table.columns and "vocabulary" in stored["input"]
 
 
+def test_a_model_with_a_table_encoder_takes_raw_rows_before_and_after_load(tmp_path, quiet):
+    df = _houses()
+    table = from_dataframe(df, target="label")
+    torch.manual_seed(0)
+    model = ember.Sequential(
+        [layers.Input((table.num_features,)), table.encoder(), layers.Dense(table.num_outputs)]
+    )
+    model.compile("adam", "cross_entropy", ["accuracy"], lr=0.05)
+    model.fit(df.drop(columns="label"), table.y, epochs=3, **quiet)  # raw rows train too
+    restored = ember.load(model.save(tmp_path / "pkg", preprocessing=table.preprocessing))
+    new = pd.DataFrame({"area": [120.0, 50.0], "city": ["Paris", "Marseille"], "rooms": [4, 2]})
+    expected = model.predict(table.encode(new))
+    for m in (model, restored):
+        np.testing.assert_allclose(m.predict(new), expected, atol=1e-6)  # "label" not needed
+        np.testing.assert_allclose(m.predict(new.to_dict("list")), expected, atol=1e-6)
+    assert model.evaluate(df, table.y) == model.evaluate(table.x, table.y)
+    with pytest.raises(ValueError, match=r"lack the feature columns \['city'\]"):
+        restored.predict(new.drop(columns="city"))
+
+
 def test_the_onnx_export_applies_the_table_preprocessing(tmp_path, quiet):
     pytest.importorskip("onnxruntime")
     table = from_dataframe(_houses(), target="label")

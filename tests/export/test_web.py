@@ -129,3 +129,52 @@ def test_web_bundle_in_headless_chromium(web_package, served_bundle, npm_dir, tm
     assert "received 3 values" in result["bad_input_error"]
     assert result["errors"] == [], result["errors"]
     assert screenshot.stat().st_size > 5_000
+
+
+@pytest.fixture(scope="module")
+def two_input_package(npm_dir, tmp_path_factory) -> Path:
+    """TwoHeads (int64 input_ids + attention_mask -> logits, score), sequence axis dynamic, with
+    its web bundle."""
+    import torch
+
+    from tests.plugins.models import TwoHeads
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (4, 10))
+    mask = torch.ones_like(ids)
+    mask[0, 7:] = 0  # a padded row: the mask changes the pooled result
+    pkg = tmp_path_factory.mktemp("web_named") / "two"
+    package.save(
+        TwoHeads().eval(), pkg, example_input={"input_ids": ids, "attention_mask": mask},
+        dynamic_shapes={"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}},
+        task="classification",
+    )  # fmt: skip
+    export(pkg, ["web"])
+    return pkg
+
+
+@pytest.mark.e2e
+def test_int64_inputs_bundle_in_chromium(two_input_package, static_server, npm_dir, tmp_path):
+    """The page of a two-input int64 model runs the stored and the varied sample in the browser."""
+    if not CHROMIUM.is_file():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium chromium-driver)")
+    url = static_server(two_input_package / "web") + "/index.html"
+    screenshot = tmp_path / "named.png"
+    cmd = ["node", str(BROWSER_CHECK.with_name("named_browser_check.mjs")), url, str(npm_dir)]
+    cmd += [str(CHROMIUM), str(tmp_path / "profile"), str(screenshot)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    samples = package.load_samples(two_input_package)
+    assert set(result["runs"]) == set(samples) == {"stored", "varied"}
+    for kind, (_, expected) in samples.items():
+        for name, want in expected.items():
+            got = result["runs"][kind][name]
+            assert got["dims"] == list(want.shape), (kind, name)
+            actual = np.asarray(got["data"], np.float32).reshape(got["dims"])
+            np.testing.assert_allclose(actual, want.numpy(), rtol=1e-4, atol=1e-5)
+    first = samples["stored"][1]["logits"][0]
+    assert result["shown"] == str(int(first.argmax()))  # the page's label for row 0
+    assert result["missing_input_error"] == "run: missing input 'attention_mask'"
+    assert result["errors"] == [], result["errors"]
+    assert screenshot.stat().st_size > 2_000
