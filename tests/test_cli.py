@@ -80,6 +80,33 @@ def test_export_rejects_an_unknown_target(tmp_path, capsys):
     assert "Unknown export target(s) ['tflite']" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("--rtol", "-1", "expected a number > 0"), ("--min-top1", "2", "in [0, 1]")],
+)
+def test_export_refuses_a_bad_tolerance_before_touching_the_package(
+    option, value, message, tmp_path, capsys
+):
+    # `--rtol -1` used to run the export, fail its parity and delete the target it replaced
+    import torch
+
+    import ember
+
+    pkg = ember.save(torch.nn.Linear(4, 2), tmp_path / "pkg", example_input=torch.zeros(2, 4))
+    (pkg / "model.onnx").write_bytes(b"an earlier export")
+    assert main(["export", str(pkg), "--to", "onnx,int8", option, value]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
+    assert (pkg / "model.onnx").read_bytes() == b"an earlier export"
+
+
+@pytest.mark.parametrize("option", ["--poll-interval", "--grace-period", "--body-timeout"])
+def test_serve_refuses_a_negative_duration(option, tmp_path, capsys):
+    assert main(["serve", str(tmp_path), "--port", "0", option, "-1"]) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "expected a number >= 0" in err and "Traceback" not in err
+
+
 @pytest.mark.e2e
 def test_demo_trains_to_095_exports_serves_and_answers_every_protocol(tmp_path):
     # The default training settings (what `make demo` runs); fewer export targets to stay quick.

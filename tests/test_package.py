@@ -1,7 +1,11 @@
 import json
 import logging
+import os
 import pickle
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,3 +192,49 @@ def test_write_manifest_is_atomic(saved):
     package.write_manifest(path, {**package.read_manifest(path), "name": "renamed"})
     assert package.read_manifest(path)["name"] == "renamed"
     assert not [p for p in path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_saving_again_removes_the_earlier_export_targets(saved, caplog):
+    """A re-saved package must not keep model.onnx (or web/...) exported from the old weights."""
+    _, x, path = saved
+    for name in ("model.onnx", "web/model.onnx"):
+        (path / name).parent.mkdir(exist_ok=True)
+        (path / name).write_bytes(b"exported from the old weights")
+        package.record_target(path, name.split("/")[0].split(".")[0], {"file": name}, [name])
+    (path / "notes.txt").write_text("mine")  # not listed by ember: kept
+    with caplog.at_level(logging.INFO, logger="ember.package.save"):
+        package.save(nn.Linear(16, 3), path, example_input=x[:1].flatten(1))
+    assert not (path / "model.onnx").exists() and not (path / "web").exists()
+    assert (path / "notes.txt").read_text() == "mine"
+    manifest = package.read_manifest(path)
+    assert manifest["targets"] == {} and "model.onnx" not in manifest["files"]
+    assert "Removed 2 export file(s)" in caplog.text
+    package.load(path)  # every listed file is there
+
+
+SAVE_BERT = """
+import sys, torch
+from transformers import BertConfig, BertForSequenceClassification  # torchao's notices come here
+import ember
+model = BertForSequenceClassification(BertConfig(
+    vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    intermediate_size=64, max_position_embeddings=64, num_labels=2)).eval()
+ids = torch.randint(1, 64, (4, 12))
+print("--- save ---", file=sys.stderr, flush=True)
+seq = {"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}}
+ember.save(model, sys.argv[1], example_input={"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+           dynamic_shapes=seq, task="classification")
+"""
+
+
+@pytest.mark.e2e
+def test_saving_a_hugging_face_model_prints_nothing(tmp_path):
+    """ember.save on a transformers BERT adds no warning of its own (docs/export.md says so)."""
+    pytest.importorskip("transformers")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-c", SAVE_BERT, str(tmp_path / "bert")], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = proc.stderr.split("--- save ---", 1)[1]
+    assert after.strip() == "" and proc.stdout == "", after

@@ -27,8 +27,8 @@ def _not_ort_axis_chatter(record: logging.LogRecord) -> bool:
 def quiet_toolchains(verbose: bool = False) -> Iterator[None]:
     """Hide the known warnings torch.onnx, torchao and onnxruntime print during an export.
 
-    Their loggers go to ERROR and two known messages (torch.export's `LeafSpec` deprecation and
-    onnxruntime's 1-D weight axis notice) are dropped, for the duration of the block only.
+    Their loggers go to ERROR and known messages (torch.export's `LeafSpec` and `_check_is_size`
+    deprecations, onnxruntime's 1-D weight axis notice) are dropped, for the duration of the block only.
     ember's own logging and any error still show. With `verbose` nothing is hidden.
 
     Example:
@@ -49,6 +49,8 @@ def quiet_toolchains(verbose: bool = False) -> Iterator[None]:
             warnings.filterwarnings("ignore", r".*LeafSpec.* is deprecated", FutureWarning)
             # torch.onnx merges axes of equal constraints (two inputs' "batch") and says so
             warnings.filterwarnings("ignore", r".*will not be used, since it shares", UserWarning)
+            # torch's own traced LSTM graph calls its deprecated torch._check_is_size (torch.onnx)
+            warnings.filterwarnings("ignore", r"_check_is_size will be removed", FutureWarning)
             yield
     finally:
         root.removeFilter(_not_ort_axis_chatter)

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ __all__ = ["check_archive", "check_graph", "load_program", "save_program"]
 logger = logging.getLogger(__name__)
 
 BATCH = "batch"
+# torch.export notices that nn.LSTM/GRU refresh their `_flat_weights` list (views of registered
+# parameters) while tracing; the program holds the parameters and matches the model (parity-
+# checked by every target), so this one warning is hidden where ember calls torch.export.
+_RNN_FLAT_WEIGHTS = r"The tensor attributes .*_flat_weights\[\d+\].* were assigned during export"
 
 # The exact entries torch.export.save writes for one program named "model" (inside its top folder).
 _PROGRAM_JSON = "models/model.json"
@@ -77,14 +82,16 @@ def save_program(
     dims: dict = {BATCH: {"min": 1, "max": None}}
     dims.update({d: {"min": 1, "max": None} for a in axes.values() for d in a.values()})
     try:
-        if dynamic == "auto" or axes:
-            axes, dims = _discover(flat, trace, names, axes, auto=dynamic == "auto")
-        signature = {
-            "inputs": [{"name": n} for n in names],
-            "dynamic_axes": _json_axes(axes),
-            "dims": dims,
-        }
-        program = torch.export.export(flat, trace, dynamic_shapes=dims_for_export(signature))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _RNN_FLAT_WEIGHTS, UserWarning)
+            if dynamic == "auto" or axes:
+                axes, dims = _discover(flat, trace, names, axes, auto=dynamic == "auto")
+            signature = {
+                "inputs": [{"name": n} for n in names],
+                "dynamic_axes": _json_axes(axes),
+                "dims": dims,
+            }
+            program = torch.export.export(flat, trace, dynamic_shapes=dims_for_export(signature))
         torch.export.save(program, str(file))
         return None, _json_axes(axes), dims
     except Exception as exc:  # torch.export raises many error types; all mean "not exportable"

@@ -25,6 +25,8 @@ from ember.package.manifest import (
     PROGRAM,
     SAMPLE,
     WEIGHTS,
+    PackageError,
+    read_manifest,
     sha256_file,
     write_manifest,
 )
@@ -64,7 +66,8 @@ def save(
     Args:
         model: any ``torch.nn.Module``. Its output may be a tensor, a tuple of tensors, a dict
             of tensors or a transformers ``ModelOutput``; each tensor becomes a named output.
-        path: the package directory (created; existing package files are overwritten).
+        path: the package directory (created; a package saved there before is replaced,
+            its export targets removed: export again).
         example_input: a batch ``(N, ...)`` as a tensor, a tuple of tensors (passed
             positionally, named after ``forward``'s parameters) or a dict of named tensors
             (passed as keywords); numpy arrays are accepted. Every dtype is kept (int64 ids,
@@ -103,6 +106,7 @@ def save(
     sample = {n: t[:MAX_SAMPLE_ROWS].detach().cpu().contiguous() for n, t in sample.items()}
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    previous = _previous_files(path)
 
     was_training = model.training
     model.eval()
@@ -149,8 +153,40 @@ def save(
         "targets": {},
     }
     write_manifest(path, manifest)
+    _remove_stale(path, previous - set(files))
     logger.info("Saved model package %s", path)
     return path
+
+
+def _previous_files(path: Path) -> set[str]:
+    """The files a package saved earlier in ``path`` lists (its export targets among them)."""
+    try:
+        return set(read_manifest(path).get("files") or {})
+    except PackageError:
+        return set()
+
+
+def _remove_stale(path: Path, names: set[str]) -> None:
+    """Delete the earlier package's files the new one does not write.
+
+    Its export targets were made from other weights: a ``model.onnx`` left beside the new
+    weights would be served (and fail the server's parity check) although ``ember.json`` no
+    longer lists it. Only files ember listed are touched, and folders they leave empty.
+    """
+    removed = 0
+    for name in sorted(names):
+        file = path / name
+        if Path(name).is_absolute() or ".." in Path(name).parts or not file.is_file():
+            continue
+        file.unlink()
+        removed += 1
+        for folder in file.parents:
+            if folder == path or any(folder.iterdir()):
+                break
+            folder.rmdir()
+    if removed:
+        logger.info("Removed %d export file(s) of the package saved before in %s: export again "
+                    "(ember export %s --to ...)", removed, path, path)  # fmt: skip
 
 
 def _samples(flat: FlatModule, sample: dict, out_names: list[str], axes: dict) -> dict:

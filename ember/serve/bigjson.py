@@ -81,7 +81,10 @@ class RawArray:
             cut = _next_comma(view, min(pos + CHUNK, self.end), self.end)
             text = bytes(view[pos:cut]).translate(_NO_BRACKETS)
             try:
-                values = np.asarray(orjson.loads(b"[" + text + b"]"), dtype=dtype)
+                values = orjson.loads(b"[" + text + b"]")
+                if out.dtype.kind in "iu" and (b"." in text or b"e" in text or b"E" in text):
+                    _whole(values)  # numpy would cut 9.5 to 9 silently
+                values = np.asarray(values, dtype=dtype)
             except orjson.JSONDecodeError as exc:
                 if self.shape[-1] == 1:  # [[1], [], ...]: its brackets read as shape (n, 1)
                     return self._whole(dtype)
@@ -270,3 +273,10 @@ def _regular(t: np.ndarray, dims: list[int]) -> bool:
         and (rows[:-1, inner] == _COMMA).all()
         and rows[-1, inner] == _CLOSE
     )
+
+
+def _whole(values: list) -> None:
+    """Refuses a fraction where integers are due (``ValueError``, as numpy's own refusals)."""
+    bad = next((v for v in values if type(v) is float and not v.is_integer()), None)
+    if bad is not None:
+        raise ValueError(f"integer data must be whole numbers, received {bad!r}")

@@ -111,6 +111,7 @@ class ModelVersion:
             else None
         )
         self._observe = observe
+        self._limits = _axis_limits(self.manifest)
 
     @property
     def in_flight(self) -> int:
@@ -136,6 +137,10 @@ class ModelVersion:
         self._idle.clear()
         try:
             check_inputs(self.inputs, inputs)
+            for name, axis, dim, most in self._limits:
+                if inputs[name].shape[axis] > most:  # e.g. BERT's 64 position embeddings
+                    raise ServeError(400, f"Input {name!r}: axis {axis} ({dim}) takes at most "
+                                     f"{most}, received {inputs[name].shape[axis]}.")  # fmt: skip
             if output_names:
                 self._check_outputs(output_names)
             if self._batcher is not None:
@@ -197,3 +202,19 @@ class ModelVersion:
 
     def __repr__(self) -> str:
         return f"ModelVersion(name={self.name!r}, version={self.version}, state={self.state!r})"
+
+
+def _axis_limits(manifest: dict) -> list[tuple[str, int, str, int]]:
+    """``(input, axis, dim name, maximum)`` for each dynamic axis whose package records a maximum.
+
+    Beyond it the runtime fails with its own words (ONNX Runtime: "invalid expand shape").
+    """
+    signature = manifest.get("signature") or {}
+    dims = signature.get("dims") or {}
+    limits = []
+    for name, axes in (signature.get("dynamic_axes") or {}).items():
+        for axis, dim in (axes or {}).items():
+            most = (dims.get(dim) or {}).get("max")
+            if isinstance(most, int) and str(axis).isdigit():
+                limits.append((name, int(axis), dim, most))
+    return limits

@@ -79,6 +79,17 @@ class ServeOptions:
     strict_readiness: bool = False
     workers: int | str = 1
 
+    def __post_init__(self) -> None:
+        # A negative grace period made uvicorn cancel every request at shutdown; a negative
+        # poll interval or body timeout was taken silently.
+        for name in ("poll_interval", "grace_period", "body_timeout"):
+            value = getattr(self, name)
+            if value is None and name == "body_timeout":
+                continue
+            if not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"Received an invalid value for `{name}`, expected a number "
+                                 f">= 0 (0 = off). Received: {name}={value!r}")  # fmt: skip
+
     @classmethod
     def build(
         cls, options: ServeOptions | None, kwargs: dict[str, Any], caller: str = "serve"

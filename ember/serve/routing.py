@@ -103,7 +103,7 @@ class ModelRoutes:
         """Why no version serves: the newest failed or pending versions (up to 3) and their
         reasons ("" if none)."""
         why = [
-            f"version {v} {e.state}: {e.error}"
+            f"version {v} {e.state}: {e.error.rstrip('.')}"  # the caller ends the sentence
             for v, e in sorted(self.entries.items(), reverse=True)
             if e.state in ("FAILED", "PENDING") and e.error
         ]

@@ -124,6 +124,9 @@ def ort_session(onnx_file: Path, threads: int | None = None) -> Any:
     # benchmark's compute-bound CNN); a small model's single thread never spins.
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if threads > 1 else "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # A request the model cannot take (a token id past the vocabulary) is answered with a 400
+    # carrying ORT's message; ORT would also print it, in colour codes, on every such request.
+    options.log_severity_level = 4
     available = ort.get_available_providers()
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     return ort.InferenceSession(str(onnx_file), options, providers=providers)

@@ -260,9 +260,26 @@ def _announce_models(repository: Any) -> None:
             logger.warning("  Model %s version %s FAILED to load: %s",
                            row["name"], row["version"], row.get("error"))  # fmt: skip
     if not loaded:
-        logger.warning("ember serve: no model loaded from %s", repository.root)
+        logger.warning("ember serve: no model loaded from %s%s", repository.root,
+                       _layout_hint(Path(repository.root)))  # fmt: skip
     for name, versions in loaded.items():
         logger.info("  Loaded model     %s (version %s)", name, ", ".join(versions))
+
+
+def _layout_hint(root: Path) -> str:
+    """Where the models are when ``root`` is one level too high (``ember serve demo_output``)."""
+    if not root.is_dir() or (root / "ember.json").is_file():
+        return ""
+    children = sorted(p for p in root.iterdir() if p.is_dir())
+    for child in children:
+        if any(
+            (v / "ember.json").is_file() for m in child.iterdir() if m.is_dir() for v in m.iterdir()
+        ):
+            return f": {child} is a repository, serve it: ember serve {child}"
+    for child in children:
+        if (child / "ember.json").is_file():
+            return f": {child} is a model package, serve it alone: ember serve {child}"
+    return ": a repository holds <name>/<version>/ package directories"
 
 
 def _free_port(host: str) -> int:

@@ -276,6 +276,8 @@ def _check_numbers(name: str, datatype: str, data: Any, depth: int = 0) -> None:
         data = [data]
     allowed = _FLOATS if datatype.startswith("FP") else _NUMBERS
     types = set(map(type, data))
+    if float in types and datatype.startswith(("INT", "UINT")):
+        _check_whole(name, datatype, data)  # numpy would cut 9.5 to 9 silently
     if types <= allowed:
         return
     for kind in (list, tuple):
@@ -293,6 +295,14 @@ def _check_numbers(name: str, datatype: str, data: Any, depth: int = 0) -> None:
             f"Input {brief(name)}: {datatype} data must be JSON numbers, received {what} "
             f"({brief(example)}).",
         )
+
+
+def _check_whole(name: str, datatype: str, data: Any) -> None:
+    for v in data:
+        if type(v) is float and not v.is_integer():
+            raise ServeError(
+                400, f"Input {brief(name)}: {datatype} data must be whole numbers, received {v!r}."
+            )
 
 
 # numpy refuses arrays whose dimensions (0 counted as 1) multiply past its index range.

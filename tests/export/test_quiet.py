@@ -28,7 +28,33 @@ def _chatter():
     logging.warning("a real problem")
     logging.getLogger(REGISTRATION).error("a real failure")
     warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", FutureWarning, stacklevel=1)
+    warnings.warn("_check_is_size will be removed in a future release", FutureWarning, stacklevel=1)
     warnings.warn("something else", FutureWarning, stacklevel=1)
+
+
+def test_exporting_an_lstm_to_onnx_shows_no_torch_deprecation(tmp_path):
+    # torch.onnx printed five "_check_is_size will be removed" FutureWarnings for an nn.LSTM
+    import torch
+
+    import ember
+
+    class Tagger(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.lstm = torch.nn.Embedding(50, 8), torch.nn.LSTM(8, 8, batch_first=True)
+            self.head = torch.nn.Linear(8, 2)
+
+        def forward(self, ids):
+            return self.head(self.lstm(self.embed(ids))[0][:, -1])
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        path = ember.save(
+            Tagger().eval(), tmp_path / "p", example_input=torch.randint(0, 50, (4, 6))
+        )
+        ember.export(path, ["onnx"])
+    assert not [str(w.message)[:80] for w in seen if "_check_is_size" in str(w.message)
+                or "_flat_weights" in str(w.message)]  # fmt: skip
 
 
 def test_levels_and_filters_are_restored_and_verbose_hides_nothing(caplog):

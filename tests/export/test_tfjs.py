@@ -180,6 +180,21 @@ def test_train_js_rejects_bad_arguments(tfjs_package, npm_dir, tmp_path):
     assert proc.returncode == 2 and "usage: node train.js" in proc.stderr
 
 
+@pytest.mark.parametrize("content", [None, "{not json"])
+def test_train_js_names_a_missing_or_malformed_data_file_in_one_line(
+    content, tfjs_package, npm_dir, tmp_path
+):
+    # README's `node train.js data.json` before data.json existed printed Node's stack trace
+    bundle = _bundle_with_runtime(tfjs_package, npm_dir, tmp_path)
+    if content is not None:
+        (bundle / "data.json").write_text(content)
+    proc = subprocess.run(["node", "train.js", "data.json"], cwd=bundle,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("cannot read data.json (") and '"labels"' in lines[0]
+
+
 @pytest.fixture
 def served_bundle(tfjs_package, static_server):
     return static_server(tfjs_package / "tfjs") + "/index.html"

@@ -92,3 +92,11 @@ def test_deeply_nested_documents_parse_without_recursion_errors():
     while isinstance(node, list):
         node, depth = node[0], depth + 1
     assert (node, depth) == (1, 1000)
+
+
+def test_fractions_in_integer_data_raise_but_whole_floats_parse():
+    body = orjson.dumps({"data": [1] * 3000 + [9.5]})
+    with pytest.raises(ValueError, match="whole numbers, received 9.5"):
+        loads(body)["data"].to_numpy(np.int64)
+    assert loads(orjson.dumps({"data": [1] * 3000 + [9.0]}))["data"].to_numpy(np.int64)[-1] == 9
+    assert loads(body)["data"].to_numpy(np.float32)[-1] == 9.5

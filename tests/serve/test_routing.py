@@ -63,3 +63,14 @@ def test_wanted_keeps_labelled_versions_and_skips_failed_ones():
     assert [(r["version"], r["default"], r["labels"]) for r in rows] == [
         (1, False, ["stable"]), (2, False, []), (3, True, []),
     ]  # fmt: skip
+
+
+def test_why_no_version_serves_leaves_the_full_stop_to_the_caller():
+    routes = _routes([])
+    routes.entries[1] = VersionEntry("FAILED", "Failed parity: off by 0.03 (allowed 0.0001).")
+    routes.entries[2] = VersionEntry("PENDING", "ember.json is missing")
+    why = routes.not_serving()
+    assert (
+        why
+        == "version 2 PENDING: ember.json is missing; version 1 FAILED: Failed parity: off by 0.03 (allowed 0.0001)"
+    )

@@ -203,3 +203,59 @@ def test_model_version_runs_any_runtime_protocol_object_and_closes_it() -> None:
 
     asyncio.run(main())
     assert engine.closed
+
+
+def test_a_request_longer_than_the_packages_recorded_maximum_is_a_clear_400() -> None:
+    import asyncio
+
+    from ember.serve import ModelVersion, ServeError, TensorSpec
+
+    class Embedder:  # stands in for BERT: 64 position embeddings
+        platform = "custom"
+        inputs = [TensorSpec("input_ids", "INT64", [-1, -1])]
+        outputs = [TensorSpec("logits", "FP32", [-1, 2])]
+
+        def run(self, inputs: dict) -> dict:
+            assert inputs["input_ids"].shape[1] <= 64, "invalid expand shape"
+            return {"logits": np.zeros((len(inputs["input_ids"]), 2), np.float32)}
+
+        def close(self) -> None:
+            pass
+
+    manifest = {"signature": {"dynamic_axes": {"input_ids": {"1": "sequence"}},
+                              "dims": {"batch": {"min": 1, "max": None},
+                                       "sequence": {"min": 1, "max": 64}}}}  # fmt: skip
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            mv = ModelVersion("bert", 1, Path("."), Embedder(), pool, manifest=manifest)
+            out = await mv.infer({"input_ids": np.ones((3, 64), np.int64)})
+            assert out["logits"].shape == (3, 2)
+            with pytest.raises(ServeError, match=r"axis 1 \(sequence\) takes at most 64, "
+                               r"received 100") as error:  # fmt: skip
+                await mv.infer({"input_ids": np.ones((1, 100), np.int64)})
+            assert error.value.status == 400
+            await mv.close()
+
+    asyncio.run(main())
+
+
+def test_a_bad_request_leaves_no_onnxruntime_log_line_on_stderr(tmp_path, capfd) -> None:
+    # a token id past the vocabulary printed "[E:onnxruntime:...] ... Gather node" in colour
+    # codes on the server's stderr for every such request (the client gets the 400 anyway)
+    import onnx
+    from onnx import TensorProto, helper
+
+    table = helper.make_tensor("table", TensorProto.FLOAT, [4, 2], [0.0] * 8)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["out"])], "embed",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 2])], [table],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "embed.onnx")
+    session = ort_session(tmp_path / "embed.onnx")
+    with pytest.raises(Exception, match="out of data bounds"):
+        session.run(None, {"ids": np.array([1, 99], np.int64)})
+    assert "onnxruntime" not in capfd.readouterr().err

@@ -214,3 +214,26 @@ def test_body_timeout_is_an_option_of_serve_and_the_cli(monkeypatch, tmp_path, c
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     assert "--body-timeout SECONDS" in capsys.readouterr().out
+
+
+def test_no_model_loaded_says_where_the_models_are(tmp_path, caplog):
+    # `ember serve demo_output` (one level too high) loaded nothing and did not say why
+    from ember.serve import server
+
+    class Empty:
+        root = tmp_path
+
+        def status(self) -> list:
+            return []
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "ember.json").write_text("{}")
+    with caplog.at_level(logging.WARNING, logger="ember.serve.server"):
+        server._announce_models(Empty())
+    assert f"{tmp_path / 'model'} is a model package, serve it alone" in caplog.text
+    (tmp_path / "models" / "digits" / "1").mkdir(parents=True)
+    (tmp_path / "models" / "digits" / "1" / "ember.json").write_text("{}")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ember.serve.server"):
+        server._announce_models(Empty())
+    assert f"{tmp_path / 'models'} is a repository, serve it: ember serve" in caplog.text

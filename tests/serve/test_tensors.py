@@ -126,3 +126,15 @@ def test_data_nested_past_numpy_dimensions_is_400_not_a_recursion_error():
         deep = [deep]
     with pytest.raises(ServeError, match="nested deeper than 32 lists"):
         decode_tensor("x", "FP32", [1], deep)
+
+
+@pytest.mark.parametrize("datatype", ["INT64", "INT32", "UINT8"])
+def test_integer_inputs_refuse_fractions_instead_of_truncating_them(datatype):
+    # token id 9.5 was served as 9
+    with pytest.raises(ServeError, match=f"Input 'ids': {datatype} data must be whole numbers, "
+                       r"received 9.5") as info:  # fmt: skip
+        decode_tensor("ids", datatype, [1, 2], [[1, 9.5]])
+    assert info.value.status == 400
+    with pytest.raises(ServeError, match="whole numbers"):
+        values_array("ids", datatype, [[1, 9.5]])
+    assert decode_tensor("ids", datatype, [2], [9.0, 1]).tolist() == [9, 1]

@@ -27,10 +27,20 @@ if (!args[0] || !(epochs > 0) || !(lr > 0) || !(batchSize > 0)) {
   console.error('usage: node train.js DATA_JSON [--epochs N>0] [--lr X>0] [--batch-size N>0] [--out DIR]');
   process.exit(2);
 }
+// Read the data before loading TF.js: a missing or malformed file is one line, not a stack trace.
+let data;
+try {
+  data = JSON.parse(await readFile(args[0], 'utf8'));
+} catch (error) {
+  const why = error.code === 'ENOENT' ? 'no such file' : error.message;
+  console.error(`cannot read ${args[0]} (${why}): give a JSON file with {"dims": [N, ...], ` +
+    '"inputs": [flat values], "labels": [N targets]} or {"x": nested arrays, "y": [targets]}');
+  process.exit(2);
+}
 const tf = await requireTf(here);
 const meta = JSON.parse(await readFile(join(here, 'meta.json'), 'utf8'));
 const model = await loadModel(tf, folderHandler(here));
-const { x, y } = examples(tf, JSON.parse(await readFile(args[0], 'utf8')));
+const { x, y } = examples(tf, data);
 if (y === null) {
   console.error(`${args[0]} has no targets: give "labels" (or "y"), one per example`);
   process.exit(2);
