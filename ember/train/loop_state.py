@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from ember.train.sampler import ResumableSampler
+from ember.train.step_losses import StepLosses
 
 __all__ = ["LoopState", "epoch_info", "norm_tags", "prepare_loader"]
 
@@ -35,6 +36,7 @@ class LoopState:
             sum is a Python float on CPU (the loop reads each loss anyway) and a device tensor
             elsewhere (no host sync per step).
         epoch_start: `time.monotonic()` when the epoch started.
+        step_losses: the loss of every optimizer step of this fit (`StepLosses`).
         train_loader, val_loader: the loaders of the running fit.
 
     Example:
@@ -56,6 +58,7 @@ class LoopState:
         "epoch_start",
         "train_loader",
         "val_loader",
+        "step_losses",
     )
 
     def __init__(self) -> None:
@@ -72,6 +75,7 @@ class LoopState:
         self.loss_sum: float | torch.Tensor = 0.0
         self.samples = 0
         self.epoch_start = 0.0
+        self.step_losses = StepLosses()  # the loss of every optimizer step (for the report)
 
     def begin_epoch(
         self, loader: Any, *, seed: int | None, limit: int | None, device: torch.device

@@ -18,19 +18,17 @@ from ember.train.steps import split_batch
 if TYPE_CHECKING:
     from ember.train.trainer import Trainer
 
-__all__ = ["ReportCallback", "StepLosses", "confusion_matrix"]
+__all__ = ["ReportCallback", "confusion_matrix"]
 
 log = logging.getLogger(__name__)
-
-_FLUSH_EVERY = 256  # step losses read from the device in batches: one sync per 256 steps
 
 
 class ReportCallback(Callback):
     """Write the training report into the run directory when `fit` ends, or stops with an error.
 
-    While training it records the loss of every optimizer step (`StepLosses`) and, when `fit`
-    starts, the environment (versions, device, seed, batch size, learning rate); both go into
-    `report.json`. For a classifier (outputs `(N, C)` with C >= 2, integer targets) it runs the
+    It writes the loss of every optimizer step (which the Trainer's loop records in
+    `trainer.loop.step_losses`) and the environment (versions, device, seed, batch size,
+    learning rate, read when `fit` starts) into `report.json`. For a classifier (outputs `(N, C)` with C >= 2, integer targets) it runs the
     model over the validation data and writes `confusion.json`, which the report shows as a
     confusion matrix with per-class precision and recall. With `test_data` it evaluates the
     trained model on it and shows the test metrics at the top. A report that cannot be written is
@@ -63,17 +61,11 @@ class ReportCallback(Callback):
         self.confusion = confusion
         self.test_data = test_data
         self.path: Path | None = None
-        self.step_losses = StepLosses()
         self._environment: dict[str, Any] = {}
 
     def on_fit_start(self, trainer: Trainer, module: Any) -> None:
-        self.step_losses = StepLosses()
         if trainer.is_global_zero:
             self._environment = environment(trainer)
-
-    def on_train_batch_end(self, trainer: Trainer, module: Any, logs: dict, batch_idx: int) -> None:
-        if trainer.at_step_boundary:
-            self.step_losses.add(trainer.global_step, logs["loss"])
 
     def on_fit_end(self, trainer: Trainer, module: Any) -> None:
         test = {}
@@ -97,7 +89,7 @@ class ReportCallback(Callback):
         from ember.report.html import write_report
 
         try:
-            losses = self.step_losses.as_dict()
+            losses = trainer.loop.step_losses.as_dict()
             extra = {"steps": losses, "environment": self._environment, "test": test}
             (trainer.log_dir / "report.json").write_text(json.dumps(extra, default=str))
         except Exception as exc:
@@ -112,71 +104,6 @@ class ReportCallback(Callback):
             )
         except Exception as exc:
             log.warning("Could not write the training report: %s: %s", type(exc).__name__, exc)
-
-
-class StepLosses:
-    """The training loss per optimizer step, in at most `limit` points.
-
-    Losses on an accelerator stay there and are read 256 at a time (one sync each). When `limit`
-    points are held, neighbours are averaged in pairs and each later point averages twice as many
-    steps (`every`): a long run keeps its whole curve at a bounded size.
-
-    Args:
-        limit: the most points kept (even, >= 2).
-
-    Example:
-        >>> losses = StepLosses(limit=4)
-        >>> for step in range(1, 7):
-        ...     losses.add(step, torch.tensor(float(step)))
-        >>> losses.as_dict()
-        {'step': [2, 4, 6], 'loss': [1.5, 3.5, 5.5], 'every': 2}
-    """
-
-    def __init__(self, limit: int = 4096) -> None:
-        if not isinstance(limit, int) or limit < 2 or limit % 2:
-            raise ValueError(f"`limit` must be an even integer >= 2. Received: limit={limit!r}")
-        self.limit = limit
-        self.every = 1
-        self.step: list[int] = []
-        self.loss: list[float] = []
-        self._pending_steps: list[int] = []
-        self._pending: list = []  # floats (CPU) or detached scalar tensors (accelerators)
-        self._sum, self._count = 0.0, 0  # the bucket being filled (`every` steps a point)
-
-    def add(self, step: int, loss: torch.Tensor) -> None:
-        """Record the loss of optimizer step `step` (a scalar tensor)."""
-        self._pending_steps.append(step)
-        # On the CPU a read is free (~1 us); an accelerator's losses wait to be read together.
-        self._pending.append(loss.item() if loss.is_cpu else loss.detach())
-        if len(self._pending) >= _FLUSH_EVERY:
-            self._flush()
-
-    def as_dict(self) -> dict[str, Any]:
-        """{"step": [...], "loss": [...], "every": steps per point}: what report.json holds."""
-        self._flush()
-        return {"step": list(self.step), "loss": list(self.loss), "every": self.every}
-
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        values = self._pending
-        if isinstance(values[0], torch.Tensor):
-            values = torch.stack(values).float().cpu().tolist()
-        for step, value in zip(self._pending_steps, values):
-            self._sum += value
-            self._count += 1
-            if self._count == self.every:
-                self.step.append(step)
-                self.loss.append(self._sum / self._count)
-                self._sum, self._count = 0.0, 0
-                if len(self.loss) >= self.limit:
-                    self._halve()
-        self._pending_steps, self._pending = [], []
-
-    def _halve(self) -> None:
-        self.step = self.step[1::2]
-        self.loss = [(a + b) / 2 for a, b in zip(self.loss[::2], self.loss[1::2])]
-        self.every *= 2
 
 
 def environment(trainer: Trainer) -> dict[str, Any]:

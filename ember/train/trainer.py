@@ -346,6 +346,7 @@ class Trainer:
             state.at_step_boundary = done % acc == 0 or done == num_batches
             if state.at_step_boundary:
                 self._optimizer_step(steps, loss)
+                state.step_losses.add(state.global_step, value if on_cpu else loss)
             if per_batch:
                 runner.call("on_train_batch_end", self, module, logs, batch_idx)
                 if state.should_stop:  # a callback stopped the fit mid-epoch (TerminateOnNaN)

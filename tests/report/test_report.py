@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import ember
 from ember.report import ReportCallback, ReportError, confusion_matrix, load_run, write_report
 from ember.train.history import History
-from ember.train.report_callback import StepLosses
+from ember.train.step_losses import StepLosses
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
