@@ -82,7 +82,7 @@ def test_export_rejects_an_unknown_target(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("option", "value", "message"),
-    [("--rtol", "-1", "expected a number > 0"), ("--min-top1", "2", "in [0, 1]")],
+    [("--rtol", "-1", "expected a number >= 0"), ("--min-top1", "2", "in [0, 1]")],
 )
 def test_export_refuses_a_bad_tolerance_before_touching_the_package(
     option, value, message, tmp_path, capsys

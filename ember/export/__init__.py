@@ -62,7 +62,7 @@ def export(
         ``{target: figures}`` as recorded in ember.json.
 
     Raises:
-        ValueError: an unknown target, ``rtol <= 0`` or ``min_top1`` outside [0, 1].
+        ValueError: an unknown target, ``rtol < 0`` or ``min_top1`` outside [0, 1].
         ExportError: a target that cannot be exported or fails parity.
         MissingDependencyError: an optional dependency is missing (names the extra to install).
 
@@ -73,8 +73,8 @@ def export(
     """
     names = _parse_targets(targets)
     # Checked before any target runs: a bad tolerance used to fail (and delete) a good target.
-    if not isinstance(rtol, (int, float)) or not rtol > 0:
-        raise ValueError(f"Received an invalid value for `rtol`, expected a number > 0 (e.g. 1e-4). "
+    if not isinstance(rtol, (int, float)) or not rtol >= 0:  # 0: outputs must match exactly
+        raise ValueError(f"Received an invalid value for `rtol`, expected a number >= 0 (e.g. 1e-4). "
                          f"Received: rtol={rtol!r}")  # fmt: skip
     if not isinstance(min_top1, (int, float)) or not 0 <= min_top1 <= 1:
         raise ValueError(f"Received an invalid value for `min_top1`, expected a fraction in "

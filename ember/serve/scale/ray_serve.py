@@ -204,6 +204,9 @@ def application(
     return deployment.bind(os.path.abspath(path), options)
 
 
+REQUEST_TIMEOUT_S = 60.0  # the proxy's end-to-end limit per HTTP request
+
+
 def deploy(
     path: str | os.PathLike,
     *,
@@ -212,13 +215,16 @@ def deploy(
     port: int = 8000,
     grpc_port: int | None = 9000,
     app_name: str = "ember",
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
     **kwargs: Any,
 ) -> None:
     """Connects to a Ray cluster (``address``; None: the local one, or a new one; already
     connected: that one) and runs the application.
 
     Ray Serve's HTTP proxy listens on ``host:port`` (every route of the ember app under ``/``)
-    and its gRPC proxy on ``grpc_port`` (KServe v2 ``inference.GRPCInferenceService``).
+    and its gRPC proxy on ``grpc_port`` (KServe v2 ``inference.GRPCInferenceService``). A request
+    not answered within ``request_timeout_s`` gets 408 from the proxy instead of waiting for ever
+    (Ray Serve has no limit by default: a request caught on a dying replica could hang).
 
     Example:
         >>> deploy("models", address="auto", max_replicas=4)  # doctest: +SKIP
@@ -230,7 +236,8 @@ def deploy(
     grpc_options = None
     if grpc_port is not None:
         grpc_options = {"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]}
-    serve.start(http_options={"host": host, "port": port}, grpc_options=grpc_options)
+    http_options = {"host": host, "port": port, "request_timeout_s": request_timeout_s}
+    serve.start(http_options=http_options, grpc_options=grpc_options)
     serve.run(application(path, **kwargs), name=app_name, route_prefix="/")
     logger.info("ember on Ray Serve: http://%s:%d (gRPC %s)", host, port, grpc_port)
 
