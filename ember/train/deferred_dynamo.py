@@ -43,9 +43,13 @@ _state: dict[str, Any] = {"depth": 0, "stand_in": None, "finder": None}
 class _StandIn(types.ModuleType):
     """torch._dynamo as eager code sees it: two no-ops, and the real module for anything else."""
 
-    def __init__(self, path: list[str]) -> None:
+    def __init__(self, spec: Any) -> None:
         super().__init__(_NAME)
-        self.__path__ = path  # a submodule import finds the real files (and _Finder loads all)
+        # The real module's identity, so probes such as importlib.util.find_spec("torch._dynamo")
+        # or inspect's scan of sys.modules get answers without loading it.
+        self.__spec__, self.__loader__, self.__package__ = spec, spec.loader, _NAME
+        self.__file__ = spec.origin
+        self.__path__ = list(spec.submodule_search_locations or [])  # submodules: see _Finder
         self._answered: list[Callable] = []
 
     def graph_break(self, msg: str = "") -> None:
@@ -136,8 +140,7 @@ def deferred_dynamo(enabled: bool = True) -> Iterator[None]:
         install = enabled and (_state["depth"] > 0 or (_NAME not in sys.modules and _supported()))
         if install:
             if _state["depth"] == 0:
-                spec = importlib.util.find_spec(_NAME)
-                stand_in = _StandIn(list(spec.submodule_search_locations or []))
+                stand_in = _StandIn(importlib.util.find_spec(_NAME))
                 _state["stand_in"], _state["finder"] = stand_in, _Finder()
                 sys.modules[_NAME] = stand_in
                 torch._dynamo = stand_in

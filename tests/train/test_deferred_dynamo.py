@@ -92,6 +92,13 @@ def test_something_compiling_inside_a_fit_gets_the_real_dynamo(tmp_path):
     seen = {}
 
     class Compiles(ember.Callback):
+        def on_train_epoch_start(self, trainer, model):  # probes that must not load it
+            if trainer.current_epoch == 0:
+                import importlib.util
+                seen["spec"] = importlib.util.find_spec("torch._dynamo") is not None
+                # type(): any attribute lookup other than the two no-ops loads the real module
+                seen["deferred"] = type(sys.modules["torch._dynamo"]).__name__ == "_StandIn"
+
         def on_epoch_end(self, trainer, model, logs):
             import torch._dynamo.config as config
             seen["same_config"] = config is sys.modules["torch._dynamo.config"]
@@ -115,6 +122,8 @@ def test_something_compiling_inside_a_fit_gets_the_real_dynamo(tmp_path):
         "one_module": True,
         "config_once": True,
         "epochs": 2,
+        "spec": True,
+        "deferred": True,
     }
 
 
