@@ -176,7 +176,7 @@ def _freeze_heap(_: Any = None) -> None:
     """Collects once, then freezes what is left: later collections skip the startup heap."""
     gc.collect()
     gc.freeze()
-    logger.info("Froze %d startup objects out of the garbage collector", gc.get_freeze_count())
+    logger.debug("Froze %d startup objects out of the garbage collector", gc.get_freeze_count())
 
 
 def _uvicorn(app: Any, grace_period: float) -> Any:
