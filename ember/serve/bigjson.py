@@ -83,26 +83,28 @@ class RawArray:
             try:
                 values = orjson.loads(b"[" + text + b"]")
                 if out.dtype.kind in "iu" and (b"." in text or b"e" in text or b"E" in text):
-                    _whole(values)  # numpy would cut 9.5 to 9 silently
+                    bad = first_fraction(values)  # numpy would cut 9.5 to 9 silently
+                    if bad is not None:
+                        raise ValueError(f"integer data must be whole numbers, received {bad!r}")
                 values = np.asarray(values, dtype=dtype)
             except orjson.JSONDecodeError as exc:
                 if self.shape[-1] == 1:  # [[1], [], ...]: its brackets read as shape (n, 1)
-                    return self._whole(dtype)
+                    return self._parse_all(dtype)
                 raise ValueError(f"invalid JSON in an array of numbers: {exc}") from None
             if filled + values.size > out.size:
-                return self._whole(dtype)
+                return self._parse_all(dtype)
             out[filled : filled + values.size] = values
             filled += values.size
             pos = cut + 1
         if filled != out.size:  # an empty innermost list ([[1], []]): not what the shape says
-            return self._whole(dtype)
+            return self._parse_all(dtype)
         return out.reshape(self.shape)
 
     def value(self) -> Any:
         """The array as orjson parses it (nested lists), for the rare caller that wants that."""
         return orjson.loads(self._view[self.start : self.end])
 
-    def _whole(self, dtype: Any) -> np.ndarray:
+    def _parse_all(self, dtype: Any) -> np.ndarray:
         return np.asarray(self.value(), dtype=dtype)
 
 
@@ -275,8 +277,7 @@ def _regular(t: np.ndarray, dims: list[int]) -> bool:
     )
 
 
-def _whole(values: list) -> None:
-    """Refuses a fraction where integers are due (``ValueError``, as numpy's own refusals)."""
-    bad = next((v for v in values if type(v) is float and not v.is_integer()), None)
-    if bad is not None:
-        raise ValueError(f"integer data must be whole numbers, received {bad!r}")
+def first_fraction(values: list) -> float | None:
+    """The first float of a flat list that is not a whole number, or None: integer data must
+    not hold one (numpy would cut 9.5 to 9 silently)."""
+    return next((v for v in values if type(v) is float and not v.is_integer()), None)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ember.serve.bigjson import RawArray
+from ember.serve.bigjson import RawArray, first_fraction
 from ember.serve.errors import ServeError, brief
 
 __all__ = [
@@ -298,11 +298,11 @@ def _check_numbers(name: str, datatype: str, data: Any, depth: int = 0) -> None:
 
 
 def _check_whole(name: str, datatype: str, data: Any) -> None:
-    for v in data:
-        if type(v) is float and not v.is_integer():
-            raise ServeError(
-                400, f"Input {brief(name)}: {datatype} data must be whole numbers, received {v!r}."
-            )
+    bad = first_fraction(data)
+    if bad is not None:
+        raise ServeError(
+            400, f"Input {brief(name)}: {datatype} data must be whole numbers, received {bad!r}."
+        )
 
 
 # numpy refuses arrays whose dimensions (0 counted as 1) multiply past its index range.
