@@ -31,9 +31,9 @@ class ReportCallback(Callback):
     learning rate, read when `fit` starts) into `report.json`. For a classifier
     (outputs `(N, C)` with C >= 2, integer targets) it runs the model over the validation data
     and writes `confusion.json`, which the report shows as a confusion matrix with per-class
-    precision and recall. With `test_data` it evaluates the trained model on it and shows the test metrics at
-    the top. A report that cannot be written is logged, never raised: it must not fail a run or
-    hide the run's own error.
+    precision and recall. With `test_data` it evaluates the trained model on it and shows the
+    test metrics at the top. A report that cannot be written is logged, never raised: it must not
+    fail a run or hide the run's own error.
 
     Args:
         filename: the report's file name inside the run directory.
