@@ -13,7 +13,8 @@ import json
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 __all__ = [
     "FORMAT",
@@ -27,6 +28,7 @@ __all__ = [
     "record_target",
     "remove_target",
     "remove_target_dir",
+    "is_listed_name",
     "sha256_file",
     "verify_files",
     "write_manifest",
@@ -182,6 +184,20 @@ def verify_files(path: Path, manifest: dict, names: list[str] | None = None) -> 
                 f"{name!r} in {path} does not match its sha256 in ember.json: "
                 "the file was modified after the package was written"
             )
+
+
+def is_listed_name(name: Any) -> bool:
+    """Whether ``name`` may be listed under ``files`` in ``ember.json``: a relative POSIX path
+    that stays inside the package directory (no ``..``, no leading ``/``, no backslash).
+
+    Example:
+        >>> is_listed_name("model.onnx"), is_listed_name("web/ember.js"), is_listed_name("../x")
+        (True, True, False)
+    """
+    if not isinstance(name, str):
+        return False
+    parts = PurePosixPath(name).parts
+    return bool(parts) and not name.startswith("/") and "\\" not in name and ".." not in parts
 
 
 def sha256_file(file: Path) -> str:

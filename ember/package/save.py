@@ -26,6 +26,7 @@ from ember.package.manifest import (
     SAMPLE,
     WEIGHTS,
     PackageError,
+    is_listed_name,
     read_manifest,
     sha256_file,
     write_manifest,
@@ -176,7 +177,7 @@ def _remove_stale(path: Path, names: set[str]) -> None:
     removed = 0
     for name in sorted(names):
         file = path / name
-        if Path(name).is_absolute() or ".." in Path(name).parts or not file.is_file():
+        if not is_listed_name(name) or not file.is_file():
             continue
         file.unlink()
         removed += 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from ember.serve.errors import ServeError
@@ -38,7 +38,7 @@ def verify_version_files(path: Path, manifest: Any) -> None:
     Example:
         >>> verify_version_files(Path("models/digits/1"), manifest)  # doctest: +SKIP
     """
-    from ember.package import PackageError, verify_files
+    from ember.package import PackageError, is_listed_name, verify_files
 
     if not isinstance(manifest, dict):
         raise ServeError(400, f"Corrupt manifest {path}/ember.json: expected a JSON object.")
@@ -46,8 +46,7 @@ def verify_version_files(path: Path, manifest: Any) -> None:
     if not isinstance(listed, dict):
         raise ServeError(400, f"Corrupt manifest {path}/ember.json: 'files' must be an object.")
     for name in listed:
-        parts = PurePosixPath(name).parts if isinstance(name, str) else ("..",)
-        if not parts or name.startswith("/") or "\\" in name or ".." in parts:
+        if not is_listed_name(name):
             raise ServeError(
                 400, f"ember.json in {path} lists {str(name)[:100]!r}: a listed file must be a "
                 "relative path inside the version directory.",
