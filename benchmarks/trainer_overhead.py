@@ -1,13 +1,19 @@
 """Trainer overhead: ember's Trainer against a hand-written torch loop, side by side in one run.
 
 The same model (an MLP on digits (N, 64) and a small CNN on digits (N, 1, 8, 8)), the same
-initial weights, the same batches (size 32, shuffled), the same optimizer (Adam). ember runs as
+initial weights, the same batches in the same order (size 32, shuffled by the same seeded
+sampler), the same optimizer (Adam): both sides compute the same numbers, and each round checks
+that their final weights are equal. (With different orders the two runs' values drift apart,
+and so does their speed: Adam on CPU slows down by up to ~10 % as more of its state underflows
+to subnormal floats, which depends on the trajectory, not on the trainer.) ember runs as
 users run it in a terminal: the progress bar (drawn to a terminal that discards the bytes),
 the default TensorBoard logger (per-step loss, epoch scalars and norms, weight and gradient
 histograms within their time budget, the graph), history.json within its time budget, the
 default checkpointing (`last`, refreshed at most every 10 s and at the end of fit) and the report.
 The torch loop is written as people write it: zero_grad, forward, loss, backward, step, and
-`loss.item()` summed per epoch.
+`loss.item()` summed per epoch. Its DataLoader draws its order from the sampler ember's Trainer
+puts in the loader it is given (`ResumableSampler`, seeded per epoch, so that a fit can resume
+mid-epoch), set to the same seed and epoch.
 
 The two sides alternate epoch by epoch in one process: a callback runs one epoch of the torch
 loop before each of ember's epochs, outside ember's timed span. This machine's speed drifts by
@@ -58,6 +64,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import ember
 from ember import layers
+from ember.train.sampler import ResumableSampler
 
 log = logging.getLogger("trainer_overhead")
 
@@ -105,9 +112,14 @@ class TorchLoop:
         self.model = make()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR)
         self.loss_fn = nn.CrossEntropyLoss()
-        self.loader = _loader(x, y, seed=0)
+        # ember's order: the sampler the Trainer uses, with the Trainer's seed (0) and epoch.
+        self.sampler = ResumableSampler(len(y), shuffle=True, seed=0)
+        self.loader = DataLoader(TensorDataset(x, y), batch_size=BATCH_SIZE, sampler=self.sampler)
+        self.epochs = 0
 
     def epoch(self) -> tuple[float, float]:
+        self.sampler.set_epoch(self.epochs)
+        self.epochs += 1
         start = _now()
         model, optimizer, loss_fn = self.model, self.optimizer, self.loss_fn
         model.train()
@@ -182,6 +194,12 @@ def run_round(make: Callable[[], nn.Module], x, y, epochs: int, root: str) -> di
     start = _now()
     trainer.fit(model, _loader(x, y, seed=0))
     fit = _since(start)
+    same = all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), torch_loop.model.state_dict().values())
+    )
+    if not same:  # a different computation: the ratios would compare unlike work
+        raise RuntimeError("ember and the torch loop ended with different weights")
     steps = trainer.num_train_batches * (epochs - 2)
     out = {}
     for i, clock in enumerate(("wall", "cpu")):
