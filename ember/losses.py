@@ -59,16 +59,16 @@ class CrossEntropy:
         if pred.ndim > 2:  # per-token outputs (checked here: this runs every batch)
             pred, target = align_tokens(pred, target, self.shift_labels)
         try:
-            return self._loss(pred, target)
+            if self.from_logits is not False:
+                return F.cross_entropy(pred, target, ignore_index=self.ignore_index)
+            return self._from_probabilities(pred, target)
         except (IndexError, RuntimeError) as exc:  # only on failure: no check costs a step
             explained = _explain_targets(pred, target, self.ignore_index)
             if explained is None:
                 raise
             raise explained from exc
 
-    def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.from_logits is not False:
-            return F.cross_entropy(pred, target, ignore_index=self.ignore_index)
+    def _from_probabilities(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         p = pred.float()
         p = p / p.sum(dim=1, keepdim=True)  # as Keras: a row that does not sum to 1 is rescaled
         log_p = p.clamp(_EPS, 1 - _EPS).log()

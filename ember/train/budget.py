@@ -13,12 +13,13 @@ __all__ = ["TimeBudget"]
 class TimeBudget:
     """Decides whether work done after every epoch (histograms, `history.json`) is due now.
 
-    The work is due when the time since it last ended is at least its last cost divided by
-    `share`, so it takes about `share` of the wall time at most. With epochs that last much
-    longer than the work, that is every epoch; with very short ones (a small model on a small
-    dataset) only every few epochs, instead of costing more than the training itself. The first
-    two runs are always due: the first is warm-up (imports, first kernel calls) and its cost
-    would overstate the wait.
+    The work is due when every run so far plus one more at the cost of the last fits in `share`
+    of the wall time since the first run started: all runs together, the first included, take
+    at most about `share` of the time. With epochs that last much longer than the work, that
+    is every epoch; with very short ones (a small model on a small dataset) only every few
+    epochs, instead of costing more than the training itself. The first run is always due.
+    Counting the total, not the time since the last run, keeps to the share when one run costs
+    several times another (the first run after a stretch of training finds cold caches).
 
     Args:
         share: the largest fraction of wall time the work may take, in (0, 1]; None makes it due
@@ -48,24 +49,24 @@ class TimeBudget:
             )
         self.share = share
         self._clock = clock or time.perf_counter
-        self._cost: float | None = None  # seconds the last run took (None: not known yet)
-        self._end = 0.0  # when it ended
-        self._runs = 0
+        self._start: float | None = None  # when the first run started (None: no run yet)
+        self._spent = 0.0  # seconds all runs took
+        self._cost = 0.0  # seconds the last run took
 
     def due(self) -> bool:
         """Whether running the work now keeps it within its share of time."""
-        if self.share is None or self._cost is None:
+        if self.share is None or self._start is None:
             return True
-        return (self._clock() - self._end) * self.share >= self._cost
+        return self._spent + self._cost <= self.share * (self._clock() - self._start)
 
     @contextmanager
     def timed(self) -> Iterator[None]:
-        """Measure one run of the work (its cost decides when it is due again)."""
+        """Measure one run of the work (its cost counts against the share)."""
         start = self._clock()
+        if self._start is None:
+            self._start = start
         try:
             yield
         finally:
-            self._end = self._clock()
-            self._runs += 1
-            if self._runs > 1:  # the first run is warm-up: its cost does not set the wait
-                self._cost = self._end - start
+            self._cost = self._clock() - start
+            self._spent += self._cost

@@ -204,16 +204,15 @@ def epoch_info(
     names, tensors = [], []
     for weight_tag, grad_tag, p in tags:
         names.append(weight_tag)
-        tensors.append(p)
+        tensors.append(p.detach())  # no graph recorded: the norms need no grad-mode switch
         if p.grad is not None:
             names.append(grad_tag)
             tensors.append(p.grad)
     values = []
-    with torch.no_grad():
-        if sharded:
-            tensors = [_full(t) for t in tensors]
-        if tensors:  # one fused kernel and one read for every norm, in fp32
-            values = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).tolist()
+    if sharded:
+        tensors = [_full(t) for t in tensors]
+    if tensors:  # one fused kernel and one read for every norm, in fp32
+        values = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).tolist()
     return {
         "epoch_time": seconds,
         "samples_per_sec": state.samples / seconds if seconds > 0 else 0.0,

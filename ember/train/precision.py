@@ -70,6 +70,8 @@ class Precision:
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         enabled = self.name == "16-mixed" and device.type in ("cuda", "cpu")
         self.scaler = torch.amp.GradScaler(device.type, enabled=enabled) if enabled else None
+        if self.scaler is None:  # the loop calls loss.backward itself: no wrapper each step
+            self.backward = torch.Tensor.backward
 
     def autocast(self):
         """A context manager running the forward pass in the mixed dtype (a no-op for "32")."""
@@ -89,6 +91,7 @@ class Precision:
         return autocast_step
 
     def backward(self, loss: torch.Tensor) -> None:
+        """`loss.backward()`, the loss scaled first in float16 mixed precision."""
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:

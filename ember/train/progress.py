@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -70,8 +71,9 @@ class ProgressBar(Callback):
     distributed run writes.
 
     Args:
-        refresh_interval: seconds between redraws. Between them a step costs one clock read;
-            a redraw (one short line written) costs tens of microseconds.
+        refresh_interval: seconds between redraws, done by a thread while an epoch trains: a
+            training step pays nothing for the bar, a redraw (one short line) tens of
+            microseconds. 0 redraws after every step, from the loop.
         stream: where to write; default stdout.
 
     Example:
@@ -86,29 +88,44 @@ class ProgressBar(Callback):
         self._drawn = 0  # characters of the bar now on screen (0: none)
         self._width: int | None = None  # the terminal's, read at the epoch's first redraw
         self._chars = _BOX_CHARS
-        self._next = 0.0
         self._epoch_start = 0.0
         self._first_batch = 0
+        self._training = False  # an epoch's training batches run: the thread redraws
+        self._lock = threading.Lock()  # the redraw thread and the loop's hooks both write
+        self._stop: threading.Event | None = None  # set to end the redraw thread
+        self._thread: threading.Thread | None = None
+
+    def uses_hook(self, hook: str) -> bool:
+        if hook == "on_train_batch_end":  # a step pays for the bar only when it redraws each step
+            return self.refresh_interval == 0
+        return super().uses_hook(hook)
 
     def on_fit_start(self, trainer: Trainer, module: Any) -> None:
         self._out = (self.stream or sys.stdout) if trainer.is_global_zero else None
         self._live = self._out is not None and _is_terminal(self._out)
         self._chars = _bar_chars(self._out)
+        if self._live and self.refresh_interval > 0:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(
+                target=self._redraw, args=(trainer, self._stop), name="ember-progress", daemon=True
+            )
+            self._thread.start()
 
     def on_train_epoch_start(self, trainer: Trainer, module: Any) -> None:
-        self._epoch_start = time.monotonic()
-        self._next = self._epoch_start + self.refresh_interval
-        self._first_batch = trainer.batch_in_epoch  # a resumed epoch starts part-way
-        self._width = None  # read again: the window may have been resized
+        with self._lock:
+            self._epoch_start = time.monotonic()
+            self._first_batch = trainer.batch_in_epoch  # a resumed epoch starts part-way
+            self._width = None  # read again: the window may have been resized
+            self._training = True
 
     def on_train_batch_end(self, trainer: Trainer, module: Any, logs: dict, batch_idx: int) -> None:
-        if not self._live:
-            return
-        now = time.monotonic()
-        if now < self._next:
-            return
-        self._next = now + self.refresh_interval
-        self._draw(trainer, batch_idx + 1, now - self._epoch_start, logs["loss"].item())
+        if self._live:  # refresh_interval=0: after every step
+            elapsed = time.monotonic() - self._epoch_start
+            self._draw(trainer, batch_idx + 1, elapsed, logs["loss"].item())
+
+    def on_train_epoch_end(self, trainer: Trainer, module: Any) -> None:
+        with self._lock:  # the bar stays as last drawn until the epoch's line replaces it
+            self._training = False
 
     def on_epoch_end(self, trainer: Trainer, module: Any, logs: dict) -> None:
         if self._out is None:
@@ -119,10 +136,29 @@ class ProgressBar(Callback):
         self._out.flush()
 
     def on_fit_end(self, trainer: Trainer, module: Any) -> None:
+        self._end_thread()
         self._erase()
 
     def on_exception(self, trainer: Trainer, module: Any, error: BaseException) -> None:
+        self._end_thread()
         self._erase()  # the error's message starts on an empty line
+
+    def _redraw(self, trainer: Trainer, stop: threading.Event) -> None:
+        """The redraw thread of a fit: every `refresh_interval` while an epoch trains."""
+        while not stop.wait(self.refresh_interval):
+            completed, loss = trainer.batch_in_epoch, trainer.loop.step_losses.last
+            if not self._training or completed <= self._first_batch or loss is None:
+                continue  # between epochs, or no step of this epoch done yet
+            loss = float(loss)  # a scalar tensor on an accelerator: read here, not in the loop
+            with self._lock:
+                if self._training:
+                    self._draw(trainer, completed, time.monotonic() - self._epoch_start, loss)
+
+    def _end_thread(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = self._stop = None
 
     def _draw(self, trainer: Trainer, completed: int, elapsed: float, loss: float) -> None:
         if self._width is None:

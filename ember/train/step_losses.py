@@ -39,12 +39,16 @@ class StepLosses:
         self._pending_steps: list[int] = []
         self._pending: list = []  # floats (CPU) or detached scalar tensors (accelerators)
         self._sum, self._count = 0.0, 0  # the bucket being filled (`every` steps a point)
+        self.last: float | torch.Tensor | None = None  # the latest step's loss (progress bar)
 
     def add(self, step: int, loss: float | torch.Tensor) -> None:
         """Record the loss of optimizer step `step`: a float, or a scalar tensor (an
         accelerator's losses wait on the device to be read 256 at a time)."""
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach()
+        self.last = loss
         self._pending_steps.append(step)
-        self._pending.append(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        self._pending.append(loss)
         if len(self._pending) >= _FLUSH_EVERY:
             self._flush()
 

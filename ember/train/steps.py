@@ -71,18 +71,6 @@ def call_module(module: nn.Module, x: Any) -> Any:
     return module(*x) if isinstance(x, tuple) else module(x)
 
 
-def _loss(cfg: CompileConfig, pred: torch.Tensor, y: Any) -> torch.Tensor:
-    try:
-        return cfg.loss_fn(pred, y)
-    except (IndexError, RuntimeError) as exc:  # wrong labels: say which and how to fix them
-        from ember.data.checks import explain_loss_error
-
-        better = explain_loss_error(exc, pred, y)
-        if better is None:
-            raise
-        raise better from exc
-
-
 def require_config(module: nn.Module) -> CompileConfig:
     """The module's `CompileConfig`; a RuntimeError saying how to compile it when it has none."""
     cfg = getattr(module, "_ember_compile", None)
@@ -218,7 +206,15 @@ def _forward_and_loss(
                 "takes one tensor: return a tensor or a dict with 'logits', or override "
                 "train_step / validation_step to compute the loss of several outputs."
             )
-        return pred, _loss(cfg, pred, y)
+        try:
+            return pred, cfg.loss_fn(pred, y)
+        except (IndexError, RuntimeError) as exc:  # wrong labels: say which and how to fix them
+            from ember.data.checks import explain_loss_error
+
+            better = explain_loss_error(exc, pred, y)
+            if better is None:
+                raise
+            raise better from exc
     # The model's own loss (Hugging Face): it gets the targets as `labels`.
     out = module(**x, labels=y) if isinstance(x, dict) else call_module(module, x)
     if not isinstance(out, dict) or out.get("loss") is None:

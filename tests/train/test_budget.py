@@ -18,27 +18,31 @@ def _run(budget: TimeBudget, clock: _Clock, cost: float) -> None:
         clock.now += cost
 
 
-def test_due_again_after_cost_over_share_has_passed():
+def test_due_while_all_runs_and_one_more_fit_in_the_share():
     clock = _Clock()
     budget = TimeBudget(0.01, clock=clock)
     assert budget.due()  # the first time, always
-    _run(budget, clock, cost=5.0)  # warm-up: its cost does not count
-    assert budget.due()
-    _run(budget, clock, cost=0.002)  # 2 ms of work at 1%: due again 0.2 s after it ended
-    clock.now += 0.199
+    _run(budget, clock, cost=0.25)  # 0.25 s spent: another 0.25 s fits at 1% of 50 s
+    clock.now = 100.0 + 49.75
     assert not budget.due()
-    clock.now += 0.001
+    clock.now = 100.0 + 50.0
+    assert budget.due()
+    _run(budget, clock, cost=0.5)  # 0.75 s spent, one more at 0.5 s: 125 s after the start
+    assert not budget.due()
+    clock.now = 100.0 + 125.0
     assert budget.due()
 
 
-def test_the_latest_cost_sets_the_next_wait():
+def test_a_costly_run_is_paid_for_before_the_next():
     clock = _Clock()
     budget = TimeBudget(0.5, clock=clock)
-    _run(budget, clock, cost=1.0)  # warm-up
     _run(budget, clock, cost=1.0)
-    clock.now += 2.0
-    _run(budget, clock, cost=0.1)  # cheaper now: due after 0.2 s, not 2 s
-    clock.now += 0.2
+    clock.now = 104.0
+    assert budget.due()  # 1 s spent, one more at 1 s fits in half of 4 s
+    _run(budget, clock, cost=3.0)  # this one cost three times as much
+    clock.now = 113.0
+    assert not budget.due()  # 4 s spent + 3 s > half of 13 s
+    clock.now = 114.0
     assert budget.due()
 
 
@@ -52,7 +56,6 @@ def test_none_is_due_every_time():
 def test_a_failing_run_still_counts_its_cost():
     clock = _Clock()
     budget = TimeBudget(0.1, clock=clock)
-    _run(budget, clock, cost=0.0)  # warm-up
     with pytest.raises(OSError), budget.timed():
         clock.now += 1.0
         raise OSError("disk full")

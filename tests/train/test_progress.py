@@ -1,5 +1,7 @@
 import io
 import re
+import threading
+import time
 
 import pytest
 import torch
@@ -117,6 +119,32 @@ def test_bar_on_a_terminal(monkeypatch):
         )
     *_, last_bar, erased, _ = text.split("\n")[0].split("\r")
     assert last_bar.startswith("Epoch 1/2 ━") and erased == " " * len(last_bar)
+
+
+def test_a_thread_redraws_the_bar_and_a_step_pays_nothing(monkeypatch):
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setenv("COLUMNS", "100")
+    stream = _Tty()
+    bar = ProgressBar(stream=stream, refresh_interval=0.01)
+    assert not bar.uses_hook("on_train_batch_end")  # the loop never calls the bar per step
+
+    class WaitForBar(ember.Callback):
+        def on_train_batch_end(self, trainer, module, logs, batch_idx):
+            deadline = time.monotonic() + 10
+            # The loop waits after step 2 of 4 of each epoch until the thread has drawn it.
+            while batch_idx == 1 and "2/4" not in stream.getvalue().split("\n")[-1]:
+                assert time.monotonic() < deadline, "the bar was not redrawn"
+                time.sleep(0.002)
+
+    _trainer([bar, WaitForBar()]).fit(_model(), _data())
+    text = stream.getvalue()
+    for epoch in (1, 2):
+        assert re.search(
+            rf"\rEpoch {epoch}/2 ━{{15}}─{{15}} 2/4 \d:\d\d:\d\d<\d:\d\d:\d\d loss: ", text
+        )
+    screen = _screen(text)
+    assert len(screen) == 3 and screen[2] == ""  # each bar replaced by its epoch's line
+    assert "ember-progress" not in [t.name for t in threading.enumerate()]  # ended with fit
 
 
 def test_bar_is_erased_when_training_fails(monkeypatch):
