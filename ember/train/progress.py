@@ -104,6 +104,7 @@ class ProgressBar(Callback):
         self._out = (self.stream or sys.stdout) if trainer.is_global_zero else None
         self._live = self._out is not None and _is_terminal(self._out)
         self._chars = _bar_chars(self._out)
+        self._end_thread()  # one thread per bar, also when a fit ended without on_fit_end
         if self._live and self.refresh_interval > 0:
             self._stop = threading.Event()
             self._thread = threading.Thread(
