@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -70,8 +71,9 @@ class Precision:
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         enabled = self.name == "16-mixed" and device.type in ("cuda", "cpu")
         self.scaler = torch.amp.GradScaler(device.type, enabled=enabled) if enabled else None
-        if self.scaler is None:  # the loop calls loss.backward itself: no wrapper each step
+        if self.scaler is None:  # the plain calls, without a Python wrapper each step
             self.backward = torch.Tensor.backward
+            self.step = operator.methodcaller("step")  # step(optimizer): optimizer.step()
 
     def autocast(self):
         """A context manager running the forward pass in the mixed dtype (a no-op for "32")."""
