@@ -22,7 +22,6 @@ from torch import nn
 from ember.train import evaluation, resume, trainer_setup
 from ember.train.backup import BackupAndRestore
 from ember.train.batches import batch_mover, batch_size, example_input, materialize
-from ember.train.budget import TimeBudget
 from ember.train.callbacks import Callback, CallbackRunner
 from ember.train.deferred_dynamo import deferred_dynamo
 from ember.train.distributed import get_strategy
@@ -39,8 +38,6 @@ from ember.train.trainer_setup import default_callbacks, make_loggers, nan_messa
 __all__ = ["Trainer"]
 
 log = logging.getLogger(__name__)
-
-_HISTORY_BUDGET = 0.001  # the largest share of training time spent writing history.json
 
 
 def _loop_field(name: str, doc: str) -> property:
@@ -299,8 +296,6 @@ class Trainer:
         )
         self._runner = CallbackRunner(self.callbacks)
         self.history = History()
-        # history.json after an epoch while it costs under 0.1% of the time, and when fit ends.
-        self._history_budget = TimeBudget(_HISTORY_BUDGET)
         self.loop.reset()
         self.hparams = {**steps.hparams(), **trainer_setup.trainer_hparams(self)}
 
@@ -315,16 +310,20 @@ class Trainer:
         # Read once: on a small model every lookup or call per batch costs about 0.1 %.
         per_batch = runner.has("on_train_batch_end")
         acc, optimizer, step = self.accumulate_grad_batches, self.optimizer, steps.train_step
-        limit, check_nan, log_every = (
-            self.limit_train_batches,
+        check_nan, log_every, max_steps = (
             self.terminate_on_nan,
             self.log_every_n_steps,
+            self.max_steps,
         )
         on_cpu, num_batches = self.device.type == "cpu", state.num_batches
         to_device, backward = batch_mover(self.device), self.precision.backward
-        for batch_idx, batch in enumerate(loader, start=state.batch_in_epoch):
-            if limit is not None and batch_idx >= limit:
-                break
+        add_step_loss = state.step_losses.add
+        batches = enumerate(loader, start=state.batch_in_epoch)
+        if self.limit_train_batches is not None:  # no batch past the limit is even read
+            batches = itertools.islice(
+                batches, max(0, self.limit_train_batches - state.batch_in_epoch)
+            )
+        for batch_idx, batch in batches:
             if not on_cpu:  # data loaders produce CPU tensors
                 batch = to_device(batch)
             if batch_idx % acc == 0:
@@ -346,12 +345,12 @@ class Trainer:
             state.at_step_boundary = done % acc == 0 or done == num_batches
             if state.at_step_boundary:
                 self._optimizer_step(steps, loss)
-                state.step_losses.add(state.global_step, value if on_cpu else loss)
+                add_step_loss(state.global_step, value if on_cpu else loss)
             if per_batch:
                 runner.call("on_train_batch_end", self, module, logs, batch_idx)
                 if state.should_stop:  # a callback stopped the fit mid-epoch (TerminateOnNaN)
                     break
-            if self.max_steps is not None and state.global_step >= self.max_steps:
+            if max_steps is not None and state.global_step >= max_steps:
                 state.should_stop = True
                 break
 
@@ -389,10 +388,6 @@ class Trainer:
                 logger.log_histograms(steps.module, self.current_epoch, final=final)
         self._step_epoch_scheduler(logs)
         if self.is_global_zero:
-            # Within its time budget; fit writes it complete when it ends anyway.
-            if not final and self._history_budget.due():
-                with self._history_budget.timed():
-                    self._write_history()
             for logger in self.loggers:
                 logger.flush()
         return logs
@@ -472,7 +467,11 @@ class Trainer:
             epoch_done: the current epoch is finished: resume at the next epoch's start.
         """
         module, callbacks = self._steps.module, self._runner
-        return resume.save(self, Path(path), epoch_done, module=module, callbacks=callbacks)
+        saved = resume.save(self, Path(path), epoch_done, module=module, callbacks=callbacks)
+        # history.json as of this checkpoint: after a crash, even kill -9, the run directory's
+        # history matches the checkpoint fit resumes from (fit writes it complete when it ends).
+        self._write_history()
+        return saved
 
     def copy_checkpoint(self, src: str | Path, dst: str | Path) -> Path:
         """Make `dst` a copy of checkpoint `src` (rank 0 writes; hard links, no second write)."""

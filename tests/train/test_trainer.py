@@ -6,7 +6,6 @@ from torch import nn
 
 import ember
 from ember.data import make_loader
-from ember.train import budget
 from ember.train.callbacks import CallbackError
 from ember.train.sampler import ResumableSampler
 from tests.plugins.models import tiny_mlp
@@ -208,14 +207,13 @@ def test_resumable_sampler_shards_and_skips():
     assert sorted(list(ranks[0]) + list(ranks[1])) == list(range(10))
 
 
-class _SlowEpochs(ember.Callback):
-    """Makes every epoch seem to last 1000 s to the time budget, and records history.json."""
+class _SeeHistory(ember.Callback):
+    """Records the epochs history.json holds when each epoch starts; can fail an epoch."""
 
-    def __init__(self, clock, raise_at=None):
-        self.clock, self.raise_at, self.seen = clock, raise_at, []
+    def __init__(self, raise_at=None):
+        self.raise_at, self.seen = raise_at, []
 
     def on_train_epoch_start(self, trainer, module):
-        self.clock.now += 1000.0
         path = trainer.log_dir / "history.json"
         self.seen.append(json.loads(path.read_text())["epochs"] if path.exists() else None)
 
@@ -224,37 +222,32 @@ class _SlowEpochs(ember.Callback):
             raise RuntimeError("stop here")
 
 
-class _Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def perf_counter(self):
-        return self.now
-
-
-def test_history_json_follows_every_epoch_when_epochs_outlast_its_budget(
-    blobs, tmp_path, monkeypatch
-):
-    clock = _Clock()
-    monkeypatch.setattr(budget, "time", clock)
-    slow = _SlowEpochs(clock)
+@pytest.mark.parametrize(
+    ("min_interval", "seen"),
+    [(0.0, [None, [0], [0, 1]]), (3600.0, [None, [0], [0]])],
+    ids=["checkpoint-every-epoch", "checkpoint-once-an-hour"],
+)
+def test_history_json_is_written_with_every_checkpoint(blobs, tmp_path, min_interval, seen):
+    # A checkpoint of `last` refreshes history.json to the same epoch: after a crash, even
+    # kill -9, the run directory's history matches the checkpoint fit resumes from.
+    see = _SeeHistory()
+    checkpoints = ember.ModelCheckpoint(save_top_k=0, min_interval=min_interval)
     x, y = blobs
-    trainer = _trainer(max_epochs=3, default_root_dir=tmp_path, callbacks=[slow])
+    trainer = _trainer(max_epochs=3, default_root_dir=tmp_path, callbacks=[checkpoints, see])
     history = trainer.fit(_net(), make_loader(x, y, batch_size=40))
-    assert slow.seen == [None, [0], [0, 1]]
+    assert see.seen == seen
     assert json.loads((trainer.log_dir / "history.json").read_text()) == history.state_dict()
 
 
-def test_history_json_is_complete_when_fit_fails(blobs, tmp_path, monkeypatch):
-    # Epochs too short for the budget (the clock stands still): no write during training, and
-    # still every finished epoch on disk when a callback stops fit with an error.
-    monkeypatch.setattr(budget, "time", _Clock())
+def test_history_json_is_complete_when_fit_fails(blobs, tmp_path):
+    # No checkpoint, so no write during training, and still every finished epoch on disk when
+    # a callback stops fit with an error.
+    see = _SeeHistory(raise_at=2)
     x, y = blobs
-    trainer = _trainer(
-        max_epochs=5, default_root_dir=tmp_path, callbacks=[_SlowEpochs(_Clock(), raise_at=2)]
-    )
+    trainer = _trainer(max_epochs=5, default_root_dir=tmp_path, callbacks=[see])
     with pytest.raises(CallbackError, match="stop here"):
         trainer.fit(_net(), make_loader(x, y, batch_size=40))
+    assert see.seen == [None, None, None]
     assert json.loads((trainer.log_dir / "history.json").read_text())["epochs"] == [0, 1, 2]
 
 
