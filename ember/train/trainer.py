@@ -317,6 +317,8 @@ class Trainer:
         )
         on_cpu, num_batches = self.device.type == "cpu", state.num_batches
         to_device, backward = batch_mover(self.device), self.precision.backward
+        clip, optimizer_step = self.gradient_clip_val is not None, self.precision.step
+        step_scheduler = self.scheduler if self.scheduler_interval == "step" else None
         add_step_loss = state.step_losses.add
         batches = enumerate(loader, start=state.batch_in_epoch)
         if self.limit_train_batches is not None:  # no batch past the limit is even read
@@ -343,9 +345,16 @@ class Trainer:
             state.samples += n
             state.batch_in_epoch = done = batch_idx + 1
             state.at_step_boundary = done % acc == 0 or done == num_batches
-            if state.at_step_boundary:
-                self._optimizer_step(steps, loss)
-                add_step_loss(state.global_step, value if on_cpu else loss)
+            if state.at_step_boundary:  # one optimizer step
+                if clip:
+                    self._clip_gradients(steps)
+                optimizer_step(optimizer)
+                state.global_step = global_step = state.global_step + 1
+                if step_scheduler is not None:
+                    step_scheduler.step()
+                if global_step % log_every == 0:
+                    self.log_metrics({"step/loss": value if on_cpu else loss.item()})
+                add_step_loss(global_step, value if on_cpu else loss)
             if per_batch:
                 runner.call("on_train_batch_end", self, module, logs, batch_idx)
                 if state.should_stop:  # a callback stopped the fit mid-epoch (TerminateOnNaN)
@@ -354,20 +363,13 @@ class Trainer:
                 state.should_stop = True
                 break
 
-    def _optimizer_step(self, steps: Steps, loss: torch.Tensor) -> None:
-        if self.gradient_clip_val is not None:
-            self.precision.unscale(self.optimizer)
-            params = steps.module.parameters()
-            if self.gradient_clip_algorithm == "norm":
-                torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_val)
-            else:
-                torch.nn.utils.clip_grad_value_(params, self.gradient_clip_val)
-        self.precision.step(self.optimizer)
-        self.loop.global_step += 1
-        if self.scheduler is not None and self.scheduler_interval == "step":
-            self.scheduler.step()
-        if self.loop.global_step % self.log_every_n_steps == 0:
-            self.log_metrics({"step/loss": loss.item()})
+    def _clip_gradients(self, steps: Steps) -> None:
+        self.precision.unscale(self.optimizer)
+        params = steps.module.parameters()
+        if self.gradient_clip_algorithm == "norm":
+            torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_value_(params, self.gradient_clip_val)
 
     def _end_epoch(self, steps: Steps, val_loader: Any) -> dict[str, float]:
         logs = {"loss": self.loop.mean_loss(self.strategy, self.device)}
