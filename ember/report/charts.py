@@ -166,20 +166,23 @@ def norm_charts(run, *, with_name: bool = False) -> list[dict[str, Any]]:
         title = f"{'gradient' if kind == 'grad' else 'weight'} norm per layer"
         if with_name:
             title += f" ({run.name})"
-        series = [
-            _series(
-                title,
-                f"{kind}-{layer}",
-                i,
-                layer,
-                run.x,
-                values,
-                PALETTE[i % len(PALETTE)],
-                dashed=i >= len(PALETTE),
-                data={"layer": layer, "kind": kind},
+        series = []
+        for i, (layer, values) in enumerate(layers.items()):
+            # Short epochs get norms every few epochs (their time budget): join those points.
+            points = [(x, v) for x, v in zip(run.x, values) if v is not None]
+            series.append(
+                _series(
+                    title,
+                    f"{kind}-{layer}",
+                    i,
+                    layer,
+                    [x for x, _ in points],
+                    [v for _, v in points],
+                    PALETTE[i % len(PALETTE)],
+                    dashed=i >= len(PALETTE),
+                    data={"layer": layer, "kind": kind},
+                )
             )
-            for i, (layer, values) in enumerate(layers.items())
-        ]
         chart_id = f"norm-{kind}-{run.name}"
         log_y = _all_positive(series)
         out.append(_chart(chart_id, title, "epoch", "L2 norm", series, log_y=log_y))

@@ -22,6 +22,7 @@ from torch import nn
 from ember.train import evaluation, resume, trainer_setup
 from ember.train.backup import BackupAndRestore
 from ember.train.batches import batch_mover, batch_size, example_input, materialize
+from ember.train.budget import TimeBudget
 from ember.train.callbacks import Callback, CallbackRunner
 from ember.train.deferred_dynamo import deferred_dynamo
 from ember.train.distributed import get_strategy
@@ -38,6 +39,10 @@ from ember.train.trainer_setup import default_callbacks, make_loggers, nan_messa
 __all__ = ["Trainer"]
 
 log = logging.getLogger(__name__)
+
+# The largest share of training time the per-layer weight and gradient norms may take: with
+# epochs over ~0.1 s they are computed after every epoch, with shorter ones every few epochs.
+_NORM_BUDGET = 0.001
 
 
 def _loop_field(name: str, doc: str) -> property:
@@ -286,6 +291,7 @@ class Trainer:
         materialize(steps.module, train_loader, self.device)
         steps.forward_module = self.strategy.setup_module(steps.module)
         self._norm_tags = norm_tags(steps.module)
+        self._norm_budget = TimeBudget(_NORM_BUDGET)
         step = steps.train_step or bind_train_step(steps.module)
         step = self.strategy.wrap_step(steps.module, step)
         steps.train_step = self.precision.wrap_step(step)
@@ -380,11 +386,16 @@ class Trainer:
             logs.update({f"val_{k}": v for k, v in val_logs.items()})
             self._runner.call("on_validation_end", self, steps.module, logs)
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
-        info = epoch_info(self.loop, self._norm_tags, sharded=self.strategy.shards_parameters)
+        final, sharded = self.is_last_epoch, self.strategy.shards_parameters
+        # Norms within their time budget (sharded: every epoch, all ranks gather together).
+        if sharded or final or self._norm_budget.due():
+            with self._norm_budget.timed():
+                info = epoch_info(self.loop, self._norm_tags, sharded=sharded)
+        else:
+            info = epoch_info(self.loop, [], sharded=False)  # time and throughput only
         self.history.append(self.current_epoch, logs, info)
         self.logged_metrics.update(logs)
         self.log_metrics({**logs, **info["norms"]}, step=self.current_epoch)
-        final = self.is_last_epoch
         if self.is_global_zero and not self.strategy.shards_parameters:
             for logger in self.loggers:
                 logger.log_histograms(steps.module, self.current_epoch, final=final)

@@ -237,6 +237,20 @@ def test_several_runs_overlay_with_a_parity_table(tmp_path: Path) -> None:
     assert not re.search(r'(src|href)="https?:|<link|url\(http|@import', page)
 
 
+def test_norms_of_some_epochs_only_are_joined(tmp_path: Path) -> None:
+    # Short epochs get norms every few epochs (their time budget): the line joins those epochs.
+    history = History()
+    for epoch in range(5):
+        norms = {"norm/weight/fc.weight": 3.0 + epoch} if epoch in (0, 3, 4) else {}
+        history.append(epoch, {"loss": 1.0 / (epoch + 1)}, {"epoch_time": 0.1, "norms": norms})
+    run = tmp_path / "run"
+    run.mkdir()
+    history.write(run / "history.json")
+    page = write_report(run).read_text()
+    weight = next(s for s in _lines(page) if s.get("layer") == "fc" and s.get("kind") == "weight")
+    assert weight["epochs"] == [1, 4, 5] and weight["values"] == [3.0, 6.0, 7.0]
+
+
 def test_package_without_manifest_is_rejected(tmp_path: Path) -> None:
     run = _fake_run(tmp_path / "run", [1.0], lr=0.1)
     with pytest.raises(ReportError, match="no ember.json"):

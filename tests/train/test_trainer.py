@@ -6,6 +6,7 @@ from torch import nn
 
 import ember
 from ember.data import make_loader
+from ember.train import budget
 from ember.train.callbacks import CallbackError
 from ember.train.sampler import ResumableSampler
 from tests.plugins.models import tiny_mlp
@@ -249,6 +250,49 @@ def test_history_json_is_complete_when_fit_fails(blobs, tmp_path):
         trainer.fit(_net(), make_loader(x, y, batch_size=40))
     assert see.seen == [None, None, None]
     assert json.loads((trainer.log_dir / "history.json").read_text())["epochs"] == [0, 1, 2]
+
+
+class _Clock:
+    """A clock that advances one second each time it is read (the norms "cost" one second)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        self.now += 1.0
+        return self.now
+
+
+class _EpochsLast(ember.Callback):
+    """Makes every epoch seem to last `seconds` to the time budgets."""
+
+    def __init__(self, clock, seconds):
+        self.clock, self.seconds = clock, seconds
+
+    def on_train_epoch_start(self, trainer, module):
+        self.clock.now += self.seconds
+
+
+@pytest.mark.parametrize(
+    ("seconds", "with_norms"),
+    [(10_000.0, [0, 1, 2, 3, 4]), (0.0, [0, 4])],
+    ids=["long-epochs", "instant-epochs"],
+)
+def test_norms_follow_every_epoch_their_time_budget_allows(
+    blobs, tmp_path, monkeypatch, seconds, with_norms
+):
+    # Epochs much longer than the norms' cost get them every time; when epochs take no time
+    # the budget allows only the first epoch, and the last one always gets them.
+    clock = _Clock()
+    monkeypatch.setattr(budget, "time", clock)
+    x, y = blobs
+    trainer = _trainer(max_epochs=5, callbacks=[_EpochsLast(clock, seconds)])
+    history = trainer.fit(_net(), make_loader(x, y, batch_size=40))
+    got = [e for e, info in zip(history.epochs, history.epoch_info) if info["norms"]]
+    assert got == with_norms
+    names = {k for k in history.epoch_info[0]["norms"]}
+    assert {"norm/weight/0.weight", "norm/grad/0.weight"} <= names
+    assert all(info["epoch_time"] >= 0 for info in history.epoch_info)
 
 
 def test_an_uncompiled_module_is_refused_before_training(blobs):
