@@ -7,9 +7,9 @@ that their final weights are equal. (With different orders the two runs' values 
 and so does their speed: Adam on CPU slows down by up to ~10 % as more of its state underflows
 to subnormal floats, which depends on the trajectory, not on the trainer.) ember runs as
 users run it in a terminal: the progress bar (drawn to a terminal that discards the bytes),
-the default TensorBoard logger (per-step loss, epoch scalars and norms, weight and gradient
-histograms within their time budget, the graph), history.json within its time budget, the
-default checkpointing (`last`, refreshed at most every 10 s and at the end of fit) and the report.
+the default TensorBoard logger (per-step loss, epoch scalars, norms and weight and gradient
+histograms within their time budgets, the graph), the default checkpointing (`last`, refreshed at
+most every 10 s and at the end of fit, history.json written with it) and the report.
 The torch loop is written as people write it: zero_grad, forward, loss, backward, step, and
 `loss.item()` summed per epoch. Its DataLoader draws its order from the sampler ember's Trainer
 puts in the loader it is given (`ResumableSampler`, seeded per epoch, so that a fit can resume
@@ -19,14 +19,14 @@ The two sides alternate epoch by epoch in one process: a callback runs one epoch
 loop before each of ember's epochs, outside ember's timed span. This machine's speed drifts by
 tens of percent within seconds; epochs a few milliseconds apart see the same speed, whole runs
 do not. A round is one fit; its ratio is ember's time over the torch epochs run beside it, and
-the median over rounds is printed. The budgets of histograms and history.json count wall time,
+the median over rounds is printed. The budgets of norms and histograms count wall time,
 torch epochs included, so here they run about twice as often per ember epoch as in a plain fit:
 their cost is overstated, not hidden.
 
 Printed figures:
   step ratio     steady-state time per training step, ember / torch: epochs 2..N-1, everything
                  the loop does between the start of one epoch and the next (steps, epoch-end
-                 logging, histograms and history.json when their budget allows, a checkpoint
+                 logging, norms and histograms when their budgets allow, a checkpoint
                  when one is due: the default's 10 s interval is longer than a round here,
                  and at ~5-10 ms a save it costs under 0.1 % of a longer fit). Epoch 1
                  (warm-up) and epoch N (end-of-fit work: the final checkpoint, histograms and
