@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -41,7 +41,7 @@ class LoopState:
 
     Example:
         >>> state = LoopState()
-        >>> state.begin_epoch([(x, y)] * 3, seed=0, limit=None, device=torch.device("cpu"))
+        >>> batches = state.begin_epoch([(x, y)] * 3, seed=0, limit=None, device=torch.device("cpu"))
         >>> state.num_batches
         3
     """
@@ -79,9 +79,14 @@ class LoopState:
 
     def begin_epoch(
         self, loader: Any, *, seed: int | None, limit: int | None, device: torch.device
-    ) -> None:
-        """Select the epoch's order, skip what a resumed checkpoint already consumed, reset sums."""
+    ) -> Iterable:
+        """Select the epoch's order, skip what a resumed checkpoint already consumed, reset sums.
+
+        Returns what the epoch iterates: the loader, or for a resumed epoch over a loader without
+        a `ResumableSampler`, an iterator over it past the batches already done.
+        """
         skip = self.batch_in_epoch
+        batches: Iterable = loader
         if isinstance(loader, DataLoader) and isinstance(loader.sampler, ResumableSampler):
             loader.sampler.set_epoch(self.epoch)
             loader.sampler.set_start(skip * loader.batch_size)
@@ -94,15 +99,16 @@ class LoopState:
                     "Resuming mid-epoch over a custom loader: skipping %d batches by iterating.",
                     skip,
                 )
-                it = iter(loader)
+                batches = iter(loader)
                 for _ in range(skip):
-                    next(it)
+                    next(batches)
         if limit is not None and self.num_batches is not None:
             self.num_batches = min(self.num_batches, limit)
         if not skip:
             self.loss_sum = zero_loss_sum(device)
             self.samples = 0
         self.epoch_start = time.monotonic()
+        return batches
 
     def end_epoch(self) -> None:
         """Move to the start of the next epoch."""

@@ -308,7 +308,7 @@ class Trainer:
     # -- one epoch ------------------------------------------------------------------------------
     def _train_epoch(self, steps: Steps, loader: Any) -> None:
         module, runner, state = steps.module, self._runner, self.loop
-        state.begin_epoch(
+        loader = state.begin_epoch(
             loader, seed=self.seed, limit=self.limit_train_batches, device=self.device
         )
         module.train()

@@ -118,6 +118,41 @@ def test_stop_at_any_step_and_resume(tmp_path, stop_at):
     assert history.history == ref_history.history
 
 
+def test_mid_epoch_resume_over_a_list_of_batches_skips_the_batches_done(tmp_path):
+    # A re-iterable loader without ember's sampler (here a list) is skipped by iterating: the
+    # epoch must continue on that iterator, not start the list again.
+    torch.manual_seed(0)
+    x, y = torch.randn(96, 4), torch.randint(0, 2, (96,))
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 96, 16)]
+
+    def fit(name, callbacks=(), ckpt_path=None):
+        torch.manual_seed(1)
+        net = ember.compile(torch.nn.Linear(4, 2), "sgd", "cross_entropy", lr=0.1)
+        trainer = ember.Trainer(
+            max_epochs=2,
+            seed=0,
+            default_root_dir=tmp_path,
+            name=name,
+            enable_progress_bar=False,
+            logger=False,
+            callbacks=list(callbacks),
+        )
+        history = trainer.fit(net, batches, ckpt_path=ckpt_path)
+        return net, history
+
+    class Stop(ember.Callback):
+        def on_train_batch_end(self, trainer, module, logs, i):
+            if trainer.current_epoch == 1 and i == 2:
+                raise KeyboardInterrupt
+
+    ref, ref_history = fit("ref")
+    with pytest.raises(KeyboardInterrupt):
+        fit("cut", [ember.ModelCheckpoint(every_n_train_steps=1, save_top_k=0), Stop()])
+    net, history = fit("cut", ckpt_path="last")
+    assert all(torch.equal(p, q) for p, q in zip(ref.parameters(), net.parameters()))
+    assert history.history == ref_history.history
+
+
 def test_resume_from_foreign_directory_is_refused(tmp_path):
     foreign = tmp_path / "not_a_ckpt"
     foreign.mkdir()
