@@ -77,6 +77,18 @@ def test_killed_process_resumes_bit_identical(tmp_path):
     )
 
 
+def _two_quiet_epochs(root, callbacks, **kwargs):
+    """A Trainer for two epochs without progress bar or logger."""
+    return ember.Trainer(
+        max_epochs=2,
+        default_root_dir=root,
+        enable_progress_bar=False,
+        logger=False,
+        callbacks=callbacks,
+        **kwargs,
+    )
+
+
 def _in_process(tmp_path, stop_at=None, resume=False):
     (x, y), _ = ember.load_digits(images=False)
     torch.manual_seed(1)
@@ -91,14 +103,7 @@ def _in_process(tmp_path, stop_at=None, resume=False):
                 raise KeyboardInterrupt
 
     callbacks = [ember.ModelCheckpoint(every_n_train_steps=1)] + ([Stop()] if stop_at else [])
-    trainer = ember.Trainer(
-        max_epochs=2,
-        seed=3,
-        default_root_dir=tmp_path,
-        enable_progress_bar=False,
-        logger=False,
-        callbacks=callbacks,
-    )
+    trainer = _two_quiet_epochs(tmp_path, callbacks, seed=3)
     loader = ember.data.make_loader(x[:200], y[:200], batch_size=16, shuffle=True)
     try:
         history = trainer.fit(net, loader, ckpt_path="last" if resume else None)
@@ -128,15 +133,7 @@ def test_mid_epoch_resume_over_a_list_of_batches_skips_the_batches_done(tmp_path
     def fit(name, callbacks=(), ckpt_path=None):
         torch.manual_seed(1)
         net = ember.compile(torch.nn.Linear(4, 2), "sgd", "cross_entropy", lr=0.1)
-        trainer = ember.Trainer(
-            max_epochs=2,
-            seed=0,
-            default_root_dir=tmp_path,
-            name=name,
-            enable_progress_bar=False,
-            logger=False,
-            callbacks=list(callbacks),
-        )
+        trainer = _two_quiet_epochs(tmp_path, list(callbacks), seed=0, name=name)
         history = trainer.fit(net, batches, ckpt_path=ckpt_path)
         return net, history
 
