@@ -172,6 +172,7 @@ class Trainer:
             enable_report and self.strategy.is_global_zero,
         )
         self.history = History()
+        self._history_written: int | None = None  # epochs in the history.json last written
         self.loop = LoopState()  # position, epoch sums, loaders: saved with every checkpoint
         self.logged_metrics: dict[str, float] = {}
         self.optimizer: torch.optim.Optimizer | None = None
@@ -302,6 +303,7 @@ class Trainer:
         )
         self._runner = CallbackRunner(self.callbacks)
         self.history = History()
+        self._history_written = None
         self.loop.reset()
         self.hparams = {**steps.hparams(), **trainer_setup.trainer_hparams(self)}
 
@@ -409,8 +411,12 @@ class Trainer:
         """Write history.json (rank 0); while fit fails, a write error must not hide fit's own."""
         if not self.is_global_zero or self.fast_dev_run:
             return
+        epochs = len(self.history.epochs)
+        if epochs == self._history_written:  # already on disk (the final checkpoint wrote it)
+            return
         try:
             self.history.write(self.log_dir / "history.json")
+            self._history_written = epochs
         except OSError as exc:
             if not failing:
                 raise

@@ -8,6 +8,7 @@ import ember
 from ember.data import make_loader
 from ember.train import budget
 from ember.train.callbacks import CallbackError
+from ember.train.history import History
 from ember.train.sampler import ResumableSampler
 from tests.plugins.models import tiny_mlp
 
@@ -238,6 +239,17 @@ def test_history_json_is_written_with_every_checkpoint(blobs, tmp_path, min_inte
     history = trainer.fit(_net(), make_loader(x, y, batch_size=40))
     assert see.seen == seen
     assert json.loads((trainer.log_dir / "history.json").read_text()) == history.state_dict()
+
+
+def test_history_json_is_not_written_twice_for_the_same_epochs(blobs, tmp_path, monkeypatch):
+    # The default checkpoint saves after epoch 0 and the last epoch, each writing history.json;
+    # the end of fit finds it already complete.
+    writes = []
+    monkeypatch.setattr(History, "write", lambda self, path: writes.append(len(self.epochs)))
+    x, y = blobs
+    trainer = _trainer(max_epochs=3, default_root_dir=tmp_path, enable_checkpointing=True)
+    trainer.fit(_net(), make_loader(x, y, batch_size=40))
+    assert writes == [1, 3]
 
 
 def test_history_json_is_complete_when_fit_fails(blobs, tmp_path):
