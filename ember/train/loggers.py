@@ -115,7 +115,8 @@ class TensorBoardLogger(Logger):
             When epochs are much shorter than the histograms' cost allows, some epochs get none
             (the first and the last epoch of `fit` always do); None writes them every n
             epochs whatever they cost.
-        log_graph: write the model graph (traced with the first batch).
+        log_graph: write the model graph (traced with the first batch; a dict batch's inputs are
+            the model's named arguments, as in training).
         flush_secs: scalars are kept and handed to TensorBoard's writer thread in one batch at
             most this often (it appends them to the file while training goes on; a running
             `tensorboard` shows them then): the first log call or epoch end after this long

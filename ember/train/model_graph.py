@@ -50,7 +50,13 @@ def model_graph(model: nn.Module, example_input: Any) -> tuple[Any, Any]:
     was_training = model.training
     model.train(False)
     try:
-        trace = torch.jit.trace(model, example_input, check_trace=False)
+        # strict=False: outputs may be dicts (Hugging Face's ModelOutput); the graph only draws.
+        if isinstance(example_input, dict):  # named inputs, as the loop calls it: model(**x)
+            trace = torch.jit.trace(
+                model, example_kwarg_inputs=example_input, check_trace=False, strict=False
+            )
+        else:
+            trace = torch.jit.trace(model, example_input, check_trace=False, strict=False)
     finally:
         model.train(was_training)
     torch._C._jit_pass_inline(trace.graph)

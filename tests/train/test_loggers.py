@@ -361,3 +361,24 @@ def test_a_later_fit_of_the_same_model_reuses_its_traced_graph(tmp_path, monkeyp
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         model_graph(model, torch.zeros(2, 4))  # another input shape: traced again
     assert len(traces) == 2
+
+
+def test_a_model_with_named_inputs_gets_its_graph(tmp_path):
+    # Dict batches are the model's named inputs (model(**x)): the graph is traced the same way,
+    # and a dict output (as Hugging Face models return) does not stop it.
+    class TwoInputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc = torch.nn.Embedding(20, 4), torch.nn.Linear(4, 2)
+
+        def forward(self, ids, mask):
+            return {"logits": self.fc((self.emb(ids) * mask.unsqueeze(-1)).mean(1))}
+
+    ids, mask = torch.randint(0, 20, (16, 5)), torch.ones(16, 5)
+    batches = [({"ids": ids, "mask": mask}, torch.randint(0, 2, (16,)))]
+    trainer = ember.Trainer(
+        max_epochs=1, default_root_dir=tmp_path, enable_progress_bar=False, enable_report=False
+    )
+    trainer.fit(ember.compile(TwoInputs(), "adam", "cross_entropy"), batches)
+    ops = {n.op for n in _events(trainer.log_dir).Graph().node}
+    assert {"aten::embedding", "aten::linear"} <= ops
